@@ -1,0 +1,121 @@
+"""Gaussian mixtures with an exact noise predictor: ground truth with no training.
+
+Under the VP forward process the noised marginal at t is again a mixture, with means sqrt(ᾱ) μ_k and
+covariances ᾱ Σ_k + (1-ᾱ) I, so ε*(x, t) = -sqrt(1-ᾱ) ∇log p_t(x) is known in closed form.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..schedule import NoiseSchedule
+
+
+class GaussianMixture:
+    """p(x) = Σ_k w_k N(x; μ_k, Σ_k), with exact log-density and sampling."""
+
+    def __init__(self, weights: Sequence[float] | torch.Tensor, means: Sequence[Sequence[float]] | torch.Tensor,
+                 covariances: Sequence[Sequence[Sequence[float]]] | torch.Tensor) -> None:
+        w = torch.as_tensor(weights, dtype=torch.float64)
+        mu = torch.as_tensor(means, dtype=torch.float64)
+        cov = torch.as_tensor(covariances, dtype=torch.float64)
+        if w.ndim != 1 or mu.ndim != 2 or cov.ndim != 3:
+            raise ValueError("weights (K,), means (K, D) and covariances (K, D, D) expected")
+        K, D = mu.shape
+        if w.shape[0] != K or cov.shape != (K, D, D):
+            raise ValueError(f"inconsistent shapes: weights {tuple(w.shape)}, means {tuple(mu.shape)}, "
+                             f"covariances {tuple(cov.shape)}")
+        if bool((w < 0).any()) or float(w.sum()) <= 0:
+            raise ValueError("weights must be non-negative with a positive sum")
+        if not torch.allclose(cov, cov.transpose(1, 2)):
+            raise ValueError("covariances must be symmetric")
+        lam, U = torch.linalg.eigh(cov)
+        if bool((lam <= 0).any()):
+            raise ValueError("covariances must be positive definite")
+        self.weights = w / w.sum()
+        self.means = mu
+        self.covariances = cov
+        self._lam = lam  # (K, D) eigenvalues of Σ_k
+        self._U = U  # (K, D, D) eigenvectors
+
+    @property
+    def dim(self) -> int:
+        return int(self.means.shape[1])
+
+    def _noised_terms(self, x: torch.Tensor, abar: torch.Tensor):
+        """Per-component quantities of p_t at x: responsibilities' log-terms and C_k^{-1}(x - m_k)."""
+        dt = x.dtype
+        a = abar.to(dt).reshape(-1, 1, 1)  # (B, 1, 1)
+        mu, lam, U = self.means.to(x.device, dt), self._lam.to(x.device, dt), self._U.to(x.device, dt)
+        diff = x[:, None, :] - a.sqrt() * mu[None]  # (B, K, D)
+        var = a * lam[None] + (1 - a)  # (B, K, D) eigenvalues of C_k = ᾱ Σ_k + (1-ᾱ) I
+        proj = torch.einsum("bkd,kde->bke", diff, U)  # coordinates in Σ_k's eigenbasis
+        maha = (proj * proj / var).sum(-1)
+        logdet = var.log().sum(-1)
+        logw = self.weights.to(x.device, dt).log()[None]
+        logterm = logw - 0.5 * (maha + logdet + self.dim * math.log(2 * math.pi))  # (B, K)
+        cinv_diff = torch.einsum("bke,kde->bkd", proj / var, U)  # C_k^{-1}(x - sqrt(ᾱ) μ_k)
+        return logterm, cinv_diff
+
+    def log_prob(self, x: torch.Tensor, abar: float | torch.Tensor = 1.0) -> torch.Tensor:
+        """log p_t(x) of the noised marginal (ᾱ = 1: the data density itself)."""
+        x = _as_2d(x, self.dim)
+        a = torch.as_tensor(abar, dtype=torch.float64, device=x.device).expand(x.shape[0])
+        logterm, _ = self._noised_terms(x, a)
+        return torch.logsumexp(logterm, dim=1)
+
+    def score(self, x: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+        """∇_x log p_t(x) = -Σ_k r_k(x) C_k^{-1}(x - sqrt(ᾱ) μ_k)."""
+        logterm, cinv_diff = self._noised_terms(x, abar)
+        r = torch.softmax(logterm, dim=1)
+        return -(r[..., None] * cinv_diff).sum(1)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n exact samples (float64)."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        L = torch.linalg.cholesky(self.covariances)
+        return self.means[k] + torch.einsum("nij,nj->ni", L[k], z)
+
+    def eps_model(self, schedule: NoiseSchedule) -> MixtureEpsilon:
+        """The exact noise predictor ε*(x, t) for this mixture under `schedule`."""
+        return MixtureEpsilon(self, schedule)
+
+
+class MixtureEpsilon(nn.Module):
+    """net(x, t) = ε*(x, t) = -sqrt(1-ᾱ_t) ∇log p_t(x), computed in x's dtype."""
+
+    def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule) -> None:
+        super().__init__()
+        self.mixture = mixture
+        self.register_buffer("abar", schedule.alphas_cumprod.clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(shape[0], -1)
+        a = self.abar.to(x.device)[t.to(x.device).long()].expand(shape[0])
+        eps = -(1 - a.to(x.dtype)).sqrt()[:, None] * self.mixture.score(x2, a)
+        return eps.reshape(shape)
+
+
+def _as_2d(x: torch.Tensor, dim: int) -> torch.Tensor:
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"expected points of shape (N, {dim}), got {tuple(x.shape)}")
+    return x
+
+
+def mog3() -> GaussianMixture:
+    """The tutorial's 3-cluster mixture in 2-D (well separated, anisotropic clusters)."""
+    return GaussianMixture(
+        weights=[0.35, 0.35, 0.30],
+        means=[[-2.0, -1.0], [2.0, -1.0], [0.0, 2.0]],
+        covariances=[
+            [[0.30, 0.10], [0.10, 0.20]],
+            [[0.30, -0.10], [-0.10, 0.20]],
+            [[0.15, 0.00], [0.00, 0.35]],
+        ],
+    )

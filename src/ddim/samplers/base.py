@@ -1,0 +1,103 @@
+"""What every sampler shares: the registry, input validation, and the per-call coefficient plan."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+
+from ..denoiser import Denoiser
+from ..noise import NoiseLike, noise_fn
+
+Callback = Callable[[dict[str, Any]], None]
+
+
+class Sampler(Protocol):
+    """The one signature: (denoiser, x_T, decreasing timesteps, *, generator, callback, **options) -> x0."""
+
+    def __call__(self, denoiser: Denoiser, x: torch.Tensor, timesteps: torch.Tensor, *,
+                 generator: NoiseLike = None, callback: Callback | None = None, **options: Any) -> torch.Tensor:
+        ...
+
+
+SAMPLERS: dict[str, Sampler] = {}
+#: network evaluations per step (for equal-NFE comparisons); a sampler's exact count is measured anyway
+NFE_PER_STEP: dict[str, int] = {}
+
+
+def register(name: str, nfe_per_step: int = 1) -> Callable[[Callable[..., torch.Tensor]], Sampler]:
+    """Register a sampler under `name` and wrap it with validation and the NaN guard."""
+
+    def wrap(fn: Callable[..., torch.Tensor]) -> Sampler:
+        @functools.wraps(fn)
+        def run(denoiser: Denoiser, x: torch.Tensor, timesteps: Any, *, generator: NoiseLike = None,
+                callback: Callback | None = None, **options: Any) -> torch.Tensor:
+            if not isinstance(denoiser, Denoiser):
+                raise TypeError("samplers take a ddim.Denoiser (wrap the network: Denoiser(net, schedule))")
+            if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+                raise ValueError("x must be a floating-point tensor (batch first)")
+            if x.ndim < 2:
+                raise ValueError(f"x must have a batch dimension and at least one data dimension, got {tuple(x.shape)}")
+            ts = denoiser.schedule.validate_timesteps(timesteps)
+            denoiser.begin(x)
+            start = denoiser.nfe
+            out = fn(denoiser, x, ts, generator=generator, callback=callback, **options)
+            denoiser.finish()
+            denoiser.last_nfe = denoiser.nfe - start
+            return out
+
+        SAMPLERS[name] = run
+        NFE_PER_STEP[name] = nfe_per_step
+        return run
+
+    return wrap
+
+
+def check_eta(eta: float) -> float:
+    eta = float(eta)
+    if math.isnan(eta) or eta < 0 or math.isinf(eta):
+        raise ValueError(f"eta must be a finite number >= 0, got {eta}")
+    return eta
+
+
+def alpha_pairs(denoiser: Denoiser, ts: torch.Tensor) -> tuple[list[int], list[float], list[float]]:
+    """(timesteps, ᾱ_t, ᾱ_prev) as Python lists; ᾱ_prev is the next list entry's, then ᾱ_{-1}."""
+    sched = denoiser.schedule
+    t_list = ts.tolist()
+    a_t = [sched.alpha_bar(t) for t in t_list]
+    a_prev = [*a_t[1:], sched.final_alpha_cumprod]
+    return t_list, a_t, a_prev
+
+
+def first_order_steps(denoiser: Denoiser, x: torch.Tensor, t_list: list[int], a: list[float], b: list[float],
+                      c: list[float], sigma: list[float], generator: NoiseLike, callback: Callback | None,
+                      use_clipped_model_output: bool = False) -> torch.Tensor:
+    """Run x_prev = a·x + b·x̂0 + c·ε̂ + σ·z over the list (DDIM and DDPM are both of this form).
+
+    When x̂0 and ε̂ are affine in the network output (no clipping), each step is folded into
+    x_prev = P·x + Q·out: two tensor ops, with P, Q precomputed here in float64.
+    """
+    noise = noise_fn(generator, x) if any(s > 0 for s in sigma) else None
+    fast = denoiser.is_affine
+    if fast:
+        pq = [denoiser.combine(t, a[i], b[i], c[i]) for i, t in enumerate(t_list)]
+    for i, t in enumerate(t_list):
+        if fast:
+            out = denoiser.raw(x, t)
+            x0 = denoiser.x0_from_output(x, t, out) if callback is not None else None
+            p, q = pq[i]
+            x = torch.add(x * p, out, alpha=q)
+        else:
+            eps, x0 = denoiser(x, t)
+            if use_clipped_model_output:
+                eps = denoiser.eps_from_x0(x, t, x0)
+            x = torch.add(x0 * b[i], eps, alpha=c[i]) if a[i] == 0.0 else torch.add(x * a[i], x0, alpha=b[i]).add_(
+                eps, alpha=c[i])
+        if sigma[i] > 0.0:
+            x.add_(noise(), alpha=sigma[i])
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "denoised": x0})
+    return x
