@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 # Elements per sample drawn in one go; fixed per sample shape so the stream never depends on the batch.
-_CHUNK_ELEMENTS = 1 << 15
+_CHUNK_ELEMENTS = 1 << 16
+_MAX_CHUNK_STEPS = 64
 
 
 class SeededNoise:
@@ -33,7 +34,7 @@ class SeededNoise:
         numel = 1
         for d in self.sample_shape:
             numel *= d
-        self._chunk = max(1, _CHUNK_ELEMENTS // max(numel, 1))
+        self._chunk = max(1, min(_MAX_CHUNK_STEPS, _CHUNK_ELEMENTS // max(numel, 1)))
         self._buf: torch.Tensor | None = None
         self._pos = 0
         self._drawn_initial = False
