@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from .denoiser import Denoiser
 
 
 def lerp(a: torch.Tensor, b: torch.Tensor, w: float | torch.Tensor) -> torch.Tensor:
@@ -67,3 +73,46 @@ def path(a: torch.Tensor, b: torch.Tensor, n: int, method: str = "slerp") -> tor
     out = slerp(A, B, ws) if method == "slerp" else A + ws[:, None] * (B - A)
     inner = a.shape[1:] if a.ndim > 1 and a.shape[0] == 1 else a.shape
     return out.reshape(n, *inner)
+
+
+def interpolate(denoiser: Denoiser, a: torch.Tensor, b: torch.Tensor, n: int, method: str = "slerp",
+                encode: bool = True, steps: int = 50, refine: int = 3) -> torch.Tensor:
+    """Decoded path between two endpoints: data (encoded first, `encode=True`) or noise. Returns (n, ...)."""
+    from .inversion import invert
+    from .samplers import sample
+
+    _same_shape(a, b)
+    if a.ndim < 2 or a.shape[0] != 1:
+        a, b = a.unsqueeze(0), b.unsqueeze(0)
+    if encode:
+        z = invert(denoiser, torch.cat([a, b]), steps, refine=refine)
+        a, b = z[:1], z[1:]
+    zs = path(a, b, n, method)
+    return sample(denoiser, x_T=zs, steps=steps)
+
+
+def edit(denoiser: Denoiser, x0: torch.Tensor, direction: torch.Tensor, scales: Sequence[float], steps: int = 50,
+         refine: int = 3) -> torch.Tensor:
+    """Encode x0 (N, ...), move along `direction` (broadcast to x0's sample shape) by each scale, decode.
+
+    Returns (len(scales), N, ...); scale 0 is the reconstruction.
+    """
+    from .inversion import invert
+    from .samplers import sample
+
+    if direction.shape != x0.shape[1:] and direction.shape != x0.shape[:1] + x0.shape[1:]:
+        raise ValueError(f"direction has shape {tuple(direction.shape)}, expected {tuple(x0.shape[1:])}")
+    z = invert(denoiser, x0, steps, refine=refine)
+    outs = [sample(denoiser, x_T=z + float(s) * direction, steps=steps) for s in scales]
+    return torch.stack(outs)
+
+
+def direction_from_examples(denoiser: Denoiser, positive: torch.Tensor, negative: torch.Tensor, steps: int = 50,
+                            refine: int = 3) -> torch.Tensor:
+    """A latent direction: mean encoding of `positive` minus mean encoding of `negative` (e.g. two classes)."""
+    from .inversion import invert
+
+    if positive.shape[1:] != negative.shape[1:]:
+        raise ValueError("the two example sets must have the same sample shape")
+    return invert(denoiser, positive, steps, refine=refine).mean(0) - invert(denoiser, negative, steps,
+                                                                             refine=refine).mean(0)

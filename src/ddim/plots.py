@@ -94,3 +94,60 @@ def save_samples_figure(x: torch.Tensor, path: str | Path, title: str) -> Path:
     if x.ndim == 4:
         return image_grid(x[:256], path, title=title)
     raise ValueError(f"no picture for samples of shape {tuple(x.shape)}")
+
+
+def save_pairs_figure(x: torch.Tensor, y: torch.Tensor, path: str | Path, title: str) -> Path:
+    """Originals beside their reconstructions: a two-panel scatter (2-D) or a two-row image grid."""
+    if x.ndim == 2 and x.shape[1] == 2:
+        return scatter([("original", x), ("reconstruction", y)], path)
+    n = min(x.shape[0], 16)
+    return image_grid(torch.cat([x[:n], y[:n]]), path, nrow=n, title=title + " (top: original)")
+
+
+def save_strip(xs: torch.Tensor, path: str | Path, title: str) -> Path:
+    """An interpolation path: one row of images, or the path drawn over a scatter for 2-D points."""
+    if xs.ndim == 2 and xs.shape[1] == 2:
+        fig, ax = plt.subplots(figsize=(4, 4))
+        p = xs.detach().cpu().numpy()
+        ax.plot(p[:, 0], p[:, 1], "-o", ms=3)
+        ax.set_title(title, fontsize=9)
+        ax.set_aspect("equal")
+        return _save(fig, path)
+    return image_grid(xs, path, nrow=xs.shape[0], title=title, scale=0.6)
+
+
+def save_animation(xs: torch.Tensor, path: str | Path, ms_per_frame: int = 120) -> Path:
+    """An animated GIF going along the path and back (images only; 2-D paths get a scatter per frame)."""
+    from PIL import Image
+
+    path = Path(path)
+    frames = []
+    if xs.ndim == 4:
+        for i in range(xs.shape[0]):
+            arr = image_grid_array(xs[i: i + 1], 1)
+            im = Image.fromarray(arr)
+            frames.append(im.resize((im.width * 12, im.height * 12), Image.NEAREST))
+    else:
+        pts = xs.detach().cpu().numpy()
+        for i in range(len(pts)):
+            fig, ax = plt.subplots(figsize=(3, 3))
+            ax.plot(pts[:, 0], pts[:, 1], "-", c="0.7")
+            ax.plot(pts[i, 0], pts[i, 1], "o", c="tab:red")
+            ax.set_aspect("equal")
+            fig.canvas.draw()
+            frames.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3]))
+            plt.close(fig)
+    seq = frames + frames[-2:0:-1]
+    tmp = path.with_name(path.name + ".tmp.gif")
+    seq[0].save(tmp, save_all=True, append_images=seq[1:], duration=ms_per_frame, loop=0)
+    tmp.replace(path)
+    return path
+
+
+def save_edit_grid(outs: torch.Tensor, scales: Sequence[float], path: str | Path) -> Path:
+    """(len(scales), N, ...) → rows are samples, columns are scales."""
+    k, n = outs.shape[:2]
+    if outs.ndim == 3 and outs.shape[2] == 2:
+        return scatter([(f"scale {s:+g}", outs[i]) for i, s in enumerate(scales)], path)
+    grid = outs.transpose(0, 1).reshape(k * n, *outs.shape[2:])
+    return image_grid(grid, path, nrow=k, title="scales " + ", ".join(f"{s:+g}" for s in scales), scale=0.6)
