@@ -150,7 +150,10 @@ class Denoiser:
 
         ε̂ stays the model's own; samplers may re-derive it from the clipped x̂0 (use_clipped_model_output).
         """
-        out = self.raw(x, t)
+        return self.split(x, t, self.raw(x, t))
+
+    def split(self, x: torch.Tensor, t: int, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ε̂, x̂0) from a raw network output at timestep t (no network call)."""
         k1, k2, k3, k4 = self._affine[t]
         if math.isnan(k1):
             self._undefined_x0(t)

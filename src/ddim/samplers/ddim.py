@@ -30,8 +30,15 @@ def sample_ddim(denoiser: Denoiser, x: torch.Tensor, timesteps: torch.Tensor, *,
     """x_prev = sqrt(ᾱ_prev) x̂0 + sqrt(1 - ᾱ_prev - σ²) ε̂ + σ z  (DDIM eq. 12); ᾱ_prev from the next list entry."""
     eta = check_eta(eta)
     t_list, a_t, a_prev = alpha_pairs(denoiser, timesteps)
+    c_x0, c_eps, sig = ddim_coefficients(a_t, a_prev, eta)
+    return first_order_steps(denoiser, x, t_list, [0.0] * len(t_list), c_x0, c_eps, sig, generator, callback,
+                             use_clipped_model_output)
+
+
+def ddim_coefficients(a_t: list[float], a_prev: list[float], eta: float
+                      ) -> tuple[list[float], list[float], list[float]]:
+    """Per step (sqrt(ᾱ_prev), sqrt(1 - ᾱ_prev - σ²), σ) of DDIM eq. 12, in float64."""
     sig = ddim_sigmas(a_t, a_prev, eta)
     c_x0 = [math.sqrt(ap) for ap in a_prev]
     c_eps = [math.sqrt(max(1 - ap - s * s, 0.0)) for ap, s in zip(a_prev, sig)]
-    return first_order_steps(denoiser, x, t_list, [0.0] * len(t_list), c_x0, c_eps, sig, generator, callback,
-                             use_clipped_model_output)
+    return c_x0, c_eps, sig

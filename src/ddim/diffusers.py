@@ -1,0 +1,96 @@
+"""A diffusers-compatible DDIM scheduler built on ddim's core (drop-in: `pipe.scheduler = DDIMScheduler(...)`).
+
+It keeps diffusers' config keys and scheduler contract but takes the previous timestep from the actual
+next entry of the list (right for every spacing, where diffusers' fixed stride is wrong for `linspace`),
+clamps radicands (no NaN at η = 1 on zero-terminal-SNR schedules) and computes coefficients in float64.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from .denoiser import Denoiser
+from .noise import noise_fn
+from .samplers.ddim import ddim_coefficients
+from .schedule import NoiseSchedule
+
+
+class DDIMScheduler(SchedulerMixin, ConfigMixin):
+    """ddim's DDIM step behind diffusers' scheduler interface."""
+
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: list[float] | None = None,
+        clip_sample: bool = True,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        rescale_betas_zero_snr: bool = False,
+    ) -> None:
+        self._den = Denoiser.from_diffusers_config(None, dict(self.config))
+        self.schedule: NoiseSchedule = self._den.schedule
+        self.alphas_cumprod = self.schedule.alphas_cumprod.float()
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps: int | None = None
+        self.timesteps = torch.from_numpy(self.schedule.timesteps(num_train_timesteps, "trailing").numpy())
+        self._next: dict[int, int] = {}
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
+        return sample
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        ts = self.schedule.timesteps(num_inference_steps, self.config.timestep_spacing)
+        self.num_inference_steps = len(ts)
+        lst = ts.tolist()
+        self._next = {t: (lst[i + 1] if i + 1 < len(lst) else -1) for i, t in enumerate(lst)}
+        self.timesteps = ts.to(device) if device is not None else ts
+
+    def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, eta: float = 0.0,
+             use_clipped_model_output: bool = False, generator: torch.Generator | None = None,
+             variance_noise: torch.Tensor | None = None, return_dict: bool = True
+             ) -> DDIMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+        """One DDIM step (eq. 12) from `timestep` to the next entry of the list set by `set_timesteps`."""
+        if self.num_inference_steps is None:
+            raise ValueError("call set_timesteps before step")
+        t = int(timestep)
+        if t not in self._next:
+            raise ValueError(f"timestep {t} is not in this scheduler's list (call set_timesteps first)")
+        if generator is not None and variance_noise is not None:
+            raise ValueError("pass either generator or variance_noise, not both")
+        prev = self._next[t]
+        sched = self.schedule
+        (c_x0,), (c_eps,), (sig,) = ddim_coefficients([sched.alpha_bar(t)], [sched.alpha_bar(prev)], float(eta))
+        eps, x0 = self._den.split(sample, t, model_output)
+        if use_clipped_model_output:
+            eps = self._den.eps_from_x0(sample, t, x0)
+        prev_sample = torch.add(x0 * c_x0, eps, alpha=c_eps)
+        if sig > 0:
+            z = variance_noise if variance_noise is not None else noise_fn(generator, model_output)()
+            prev_sample = prev_sample + sig * z
+        if not return_dict:
+            return prev_sample, x0
+        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """q(x_t | x_0): sqrt(ᾱ_t) x_0 + sqrt(1-ᾱ_t) ε."""
+        a = self.schedule.alphas_cumprod.to(original_samples.device)[timesteps.long()].to(original_samples.dtype)
+        a = a.reshape(-1, *([1] * (original_samples.ndim - 1)))
+        return a.sqrt() * original_samples + (1 - a).sqrt() * noise
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
