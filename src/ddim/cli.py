@@ -42,31 +42,55 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
+    import torch
 
-    from . import sample
+    from .distributed import DistInfo
     from .loader import load_model
     from .plots import save_samples_figure
+    from .sharding import sample_sharded
 
+    out = Path(args.out)
+    if out.suffix != ".npy":
+        raise CLIError(f"--out must end in .npy, got {out}")
+    dist = DistInfo.from_env()
     model = load_model(args.model)
     den = model.denoiser
     if hasattr(den.net, "to"):
         den.net.to(args.device)
-    out = Path(args.out)
-    if out.suffix != ".npy":
-        raise CLIError(f"--out must end in .npy, got {out}")
     t0 = time.perf_counter()
-    x = sample(den, (args.n, *model.sample_shape), steps=args.steps, sampler=args.sampler, eta=args.eta,
-               spacing=args.spacing, seed=args.seed, device=args.device, progress=True)
+    sharded = dist.active or args.n > args.batch
+    bar = None
+    with torch.no_grad():
+        if sharded:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=args.n, desc=f"rank {dist.rank} samples", disable=not dist.is_main)
+            arr = sample_sharded(den, model.sample_shape, args.n, batch=args.batch, seed=args.seed,
+                                 folder=out.with_name(out.stem + ".shards"), dist=dist,
+                                 on_chunk=lambda a, b: bar.update((b - a) * dist.world_size),
+                                 steps=args.steps, sampler=args.sampler, eta=args.eta, spacing=args.spacing,
+                                 device=args.device)
+            bar.close()
+        else:
+            from . import sample
+
+            arr = sample(den, (args.n, *model.sample_shape), steps=args.steps, sampler=args.sampler, eta=args.eta,
+                         spacing=args.spacing, seed=args.seed, device=args.device, progress=True).cpu().numpy()
     dt = time.perf_counter() - t0
-    arr = x.detach().cpu().numpy()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.npy")
-    np.save(tmp, arr)
-    tmp.replace(out)
-    fig = save_samples_figure(x.cpu(), out.with_suffix(".png"),
+    if not dist.is_main:
+        return 0
+    import io
+
+    from .checkpoint import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    atomic_write_bytes(out, buf.getvalue())
+    fig = save_samples_figure(torch.from_numpy(arr), out.with_suffix(".png"),
                               f"{model.name}: {args.sampler} eta={args.eta} {args.steps} steps")
-    print(f"{args.n} samples from {model.name} with {args.sampler} ({args.steps} steps, eta={args.eta}): "
-          f"NFE {den.last_nfe}, {dt:.2f} s")
+    ranks = f" on {dist.world_size} ranks" if dist.active else ""
+    print(f"{args.n} samples from {model.name} with {args.sampler} ({args.steps} steps, eta={args.eta}){ranks}: "
+          f"NFE {den.last_nfe} per batch, {dt:.2f} s")
     print(f"wrote {out} and {fig}")
     return 0
 
@@ -231,7 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw samples from a model and write .npy + PNG",
                        description="Draw samples with any sampler and timestep schedule; writes FILE.npy and FILE.png.")
     _add_sampling_options(p)
-    p.add_argument("--n", type=_positive_int, default=1000, help="number of samples (default: %(default)s)")
+    p.add_argument("-n", "--n", type=_positive_int, default=1000,
+                   help="number of samples (default: %(default)s); under torchrun write -n, since torchrun's own "
+                        "parser claims every --n... prefix")
+    p.add_argument("--batch", type=_positive_int, default=1000,
+                   help="samples per batch; more samples than this (or torchrun) are written as resumable shards "
+                        "in OUT.shards/ (default: %(default)s)")
     p.add_argument("--out", default="samples.npy", help="output .npy file; a PNG is written beside it")
     p.set_defaults(func=cmd_sample)
 
@@ -319,9 +348,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, ValueError, FloatingPointError, OSError) as e:
         print(f"ddim {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # e.g. a collective timed out because another rank died
+        print(f"ddim {args.command}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"ddim {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        from .distributed import shutdown
+
+        shutdown()
 
 
 if __name__ == "__main__":

@@ -76,3 +76,11 @@ class DistInfo:
             import torch.distributed as dist
 
             dist.barrier()
+
+
+def shutdown() -> None:
+    """Destroy the process group if this process made one (end of a torchrun command)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
