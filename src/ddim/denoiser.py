@@ -53,10 +53,7 @@ class Denoiser:
         self.nfe = 0
         self.last_nfe = 0
         abar = schedule.alphas_cumprod
-        # Python-float tables indexed by t: sqrt(ᾱ), sqrt(1-ᾱ)
-        self._sa = abar.sqrt().tolist()
-        self._s1 = (1 - abar).sqrt().tolist()
-        self._affine = [self._affine_at(t) for t in range(schedule.T)]
+        self._affine = [self._affine_for(a) for a in abar.tolist()]
         self._t_cache: dict[tuple[torch.device, int], torch.Tensor] = {}
         self._watch: list[torch.Tensor] = []
         self._watch_t: list[int] = []
@@ -84,8 +81,11 @@ class Denoiser:
         self._watch_t = []
 
     # --------------------------------------------------------------------------------- evaluation
-    def t_tensor(self, t: int, x: torch.Tensor) -> torch.Tensor:
-        """The timestep as a (B,) int64 tensor on x's device: a view into a cached (T, B) table."""
+    def t_tensor(self, t: float, x: torch.Tensor) -> torch.Tensor:
+        """The timestep as a (B,) tensor on x's device: a view into a cached (T, B) int64 table, or a
+        float tensor for the fractional timesteps some solvers evaluate between grid points."""
+        if not isinstance(t, int):
+            return torch.full((x.shape[0],), float(t), dtype=torch.float32, device=x.device)
         key = (x.device, x.shape[0])
         table = self._t_cache.get(key)
         if table is None:
@@ -93,19 +93,25 @@ class Denoiser:
             self._t_cache = {key: table}
         return table[t]
 
-    def _affine_at(self, t: int) -> tuple[float, float, float, float]:
+    def _affine_for(self, abar: float) -> tuple[float, float, float, float]:
         """(k1, k2, k3, k4) with x̂0 = k1 x + k2 out and ε̂ = k3 x + k4 out for the raw output `out`.
 
         epsilon: x̂0 = (x - sqrt(1-ᾱ) ε)/sqrt(ᾱ) (DDIM eq. 9); sample: ε = (x - sqrt(ᾱ) x0)/sqrt(1-ᾱ);
         v (Salimans & Ho 2022): x̂0 = sqrt(ᾱ) x - sqrt(1-ᾱ) v, ε̂ = sqrt(1-ᾱ) x + sqrt(ᾱ) v.
         NaN marks an undefined entry (x̂0 of an epsilon model at ᾱ = 0).
         """
-        sa, s1 = self._sa[t], self._s1[t]
+        sa, s1 = math.sqrt(abar), math.sqrt(max(1.0 - abar, 0.0))
         if self.prediction_type == "epsilon":
             return (1 / sa, -s1 / sa, 0.0, 1.0) if sa > 0 else (math.nan, math.nan, 0.0, 1.0)
         if self.prediction_type == "sample":
             return (0.0, 1.0, 1 / s1, -sa / s1) if s1 > 0 else (0.0, 1.0, 0.0, 0.0)
         return (sa, -s1, s1, sa)
+
+    def coeffs(self, t: float) -> tuple[float, float, float, float]:
+        """The affine coefficients at an integer (table) or fractional (interpolated) timestep."""
+        if isinstance(t, int):
+            return self._affine[t]
+        return self._affine_for(self.schedule.alpha_bar_at(t))
 
     @property
     def is_affine(self) -> bool:
@@ -114,7 +120,7 @@ class Denoiser:
 
     def combine(self, t: int, a: float, b: float, c: float) -> tuple[float, float]:
         """(P, Q) with a·x + b·x̂0 + c·ε̂ = P·x + Q·out: a whole update in two tensor ops (affine case)."""
-        k1, k2, k3, k4 = self._affine[t]
+        k1, k2, k3, k4 = self.coeffs(t)
         if b != 0 and math.isnan(k1):
             self._undefined_x0(t)
         p = a + c * k3 + (b * k1 if b != 0 else 0.0)
@@ -154,7 +160,7 @@ class Denoiser:
 
     def split(self, x: torch.Tensor, t: int, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(ε̂, x̂0) from a raw network output at timestep t (no network call)."""
-        k1, k2, k3, k4 = self._affine[t]
+        k1, k2, k3, k4 = self.coeffs(t)
         if math.isnan(k1):
             self._undefined_x0(t)
         x0 = out if (k1 == 0.0 and k2 == 1.0) else torch.add(x * k1, out, alpha=k2)
@@ -165,16 +171,16 @@ class Denoiser:
 
     def x0_from_output(self, x: torch.Tensor, t: int, out: torch.Tensor) -> torch.Tensor:
         """x̂0 from a raw output (for callbacks on the fast path; clipping applied as configured)."""
-        k1, k2, _, _ = self._affine[t]
+        k1, k2, _, _ = self.coeffs(t)
         x0 = out if (k1 == 0.0 and k2 == 1.0) else torch.add(x * k1, out, alpha=k2)
         return x0 if self.is_affine else self.clip(x0)
 
-    def eps_from_x0(self, x: torch.Tensor, t: int, x0: torch.Tensor) -> torch.Tensor:
+    def eps_from_x0(self, x: torch.Tensor, t: float, x0: torch.Tensor) -> torch.Tensor:
         """ε = (x_t - sqrt(ᾱ) x0) / sqrt(1-ᾱ): the noise direction consistent with x0."""
-        s1 = self._s1[t]
-        if s1 == 0.0:
+        a = self.schedule.alpha_bar(t) if isinstance(t, int) else self.schedule.alpha_bar_at(t)
+        if a >= 1.0:
             return torch.zeros_like(x)
-        return torch.add(x, x0, alpha=-self._sa[t]).div_(s1)
+        return torch.add(x, x0, alpha=-math.sqrt(a)).div_(math.sqrt(1 - a))
 
     def clip(self, x0: torch.Tensor) -> torch.Tensor:
         """Static clipping to [-c, c], or dynamic thresholding (Saharia et al. 2022) per sample."""

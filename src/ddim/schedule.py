@@ -223,6 +223,48 @@ class NoiseSchedule:
         """ᾱ_t as a Python float; t = -1 means the value after the last step."""
         return self.final_alpha_cumprod if t < 0 else self._abar_list[t]
 
+    # ------------------------------------------------------------------------- continuous time
+    # Between grid points ᾱ is defined by interpolating the log-SNR linearly in t: exact on the grid,
+    # smooth enough for solvers that evaluate between grid points (DPM-Solver-2S, RK4).
+    def alpha_bar_at(self, t: float) -> float:
+        if t < 0 or t > self.T - 1:
+            raise ValueError(f"continuous timestep {t} outside [0, {self.T - 1}]")
+        i = math.floor(t)
+        f = t - i
+        if f == 0.0:
+            return self._abar_list[i]
+        lam = self._lam_list()
+        lo, hi = lam[i], lam[i + 1]
+        if math.isinf(hi) or math.isinf(lo):
+            return (1 - f) * self._abar_list[i] + f * self._abar_list[i + 1]
+        x = (1 - f) * lo + f * hi
+        return 1.0 / (1.0 + math.exp(-x))
+
+    def alpha_bar_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        """ᾱ at integer or fractional timesteps (float64 tensor), with the same interpolation."""
+        abar = self.alphas_cumprod.to(t.device)
+        if not t.is_floating_point():
+            return abar[t.long()]
+        t = t.double().clamp(0, self.T - 1)
+        i = t.floor().long().clamp(max=self.T - 2) if self.T > 1 else t.floor().long()
+        f = t - i
+        lam = torch.log(abar) - torch.log1p(-abar)
+        x = (1 - f) * lam[i] + f * lam[(i + 1).clamp(max=self.T - 1)]
+        return torch.where(f == 0, abar[i], torch.sigmoid(x))
+
+    def t_at_log_snr(self, lam: float) -> float:
+        """The continuous timestep whose log-SNR log(ᾱ/(1-ᾱ)) is `lam` (inverse of the interpolation)."""
+        grid = np.asarray(self._lam_list())
+        ok = np.isfinite(grid)
+        ts = np.arange(self.T, dtype=np.float64)[ok]
+        return float(np.interp(-lam, -grid[ok], ts))
+
+    def _lam_list(self) -> list[float]:
+        if not hasattr(self, "_lam_cache"):
+            a = self.alphas_cumprod
+            self._lam_cache = (torch.log(a) - torch.log1p(-a)).tolist()
+        return self._lam_cache
+
     def __repr__(self) -> str:
         return (f"NoiseSchedule({self.description}, T={self.T}, final_alpha_cumprod={self.final_alpha_cumprod}, "
                 f"spacing={self.spacing!r})")

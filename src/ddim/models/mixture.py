@@ -92,14 +92,17 @@ class MixtureEpsilon(nn.Module):
     def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule) -> None:
         super().__init__()
         self.mixture = mixture
-        self.register_buffer("abar", schedule.alphas_cumprod.clone(), persistent=False)
+        self.schedule = schedule
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(shape[0], -1)
-        a = self.abar.to(x.device)[t.to(x.device).long()].expand(shape[0])
-        eps = -(1 - a.to(x.dtype)).sqrt()[:, None] * self.mixture.score(x2, a)
-        return eps.reshape(shape)
+        a = self.schedule.alpha_bar_tensor(t.to(x.device)).expand(shape[0])
+        return self.eps_at(x2, a).reshape(shape)
+
+    def eps_at(self, x: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+        """ε* at given ᾱ values (B,), for points x (B, D): no timestep grid involved."""
+        return -(1 - abar.to(x.dtype)).sqrt()[:, None] * self.mixture.score(x, abar)
 
 
 def _as_2d(x: torch.Tensor, dim: int) -> torch.Tensor:

@@ -11,6 +11,11 @@ from ..denoiser import Denoiser
 from ..noise import SeededNoise
 from . import ddim as _ddim  # noqa: F401  (registers)
 from . import ddpm as _ddpm  # noqa: F401
+from . import dpmpp as _dpmpp  # noqa: F401
+from . import heun as _heun  # noqa: F401
+from . import pndm as _pndm  # noqa: F401
+from . import rk4 as _rk4  # noqa: F401
+from . import unipc as _unipc  # noqa: F401
 from .base import NFE_PER_STEP, SAMPLERS, Callback, Sampler, check_eta, register
 from .ddim import sample_ddim
 from .ddpm import sample_ddpm

@@ -101,3 +101,40 @@ def first_order_steps(denoiser: Denoiser, x: torch.Tensor, t_list: list[int], a:
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "denoised": x0})
     return x
+
+
+class Levels:
+    """Per-level float64 quantities for a timestep list plus the final level ᾱ_{-1}:
+    α = sqrt(ᾱ), σ = sqrt(1-ᾱ), λ = log(α/σ) (+inf where σ = 0), σ_e = σ/α (EDM's sigma)."""
+
+    def __init__(self, denoiser: Denoiser, ts: torch.Tensor) -> None:
+        sched = denoiser.schedule
+        self.t: list[int] = ts.tolist()
+        self.abar = [sched.alpha_bar(t) for t in self.t] + [sched.final_alpha_cumprod]
+        self.alpha = [math.sqrt(a) for a in self.abar]
+        self.sigma = [math.sqrt(max(1 - a, 0.0)) for a in self.abar]
+        self.lam = [_log_snr_half(a, s) for a, s in zip(self.alpha, self.sigma)]
+        self.sigma_e = [s / a if a > 0 else math.inf for a, s in zip(self.alpha, self.sigma)]
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+
+def _log_snr_half(alpha: float, sigma: float) -> float:
+    if sigma == 0:
+        return math.inf
+    if alpha == 0:
+        return -math.inf
+    return math.log(alpha) - math.log(sigma)
+
+
+def lincomb(terms: list[tuple[float, torch.Tensor]]) -> torch.Tensor:
+    """Σ c·v over (c, v) pairs, skipping zero coefficients: one mul then one fused add per term."""
+    live = [(c, v) for c, v in terms if c != 0.0]
+    if not live:
+        return torch.zeros_like(terms[0][1])
+    c0, v0 = live[0]
+    out = v0 * c0
+    for c, v in live[1:]:
+        out.add_(v, alpha=c)
+    return out
