@@ -1,11 +1,22 @@
 """ddim: fast, deterministic, tested sampling of diffusion models."""
 
 from .denoiser import Denoiser, ModelOutputError
+from .inversion import invert, reconstruct
+from .latent import edit, interpolate, lerp, slerp
 from .models.mixture import GaussianMixture
 from .noise import SeededNoise
+from .optimize import optimize_timesteps
 from .samplers import SAMPLERS, sample
 from .schedule import NoiseSchedule
 
-__all__ = ["SAMPLERS", "Denoiser", "GaussianMixture", "ModelOutputError", "NoiseSchedule", "SeededNoise",
-           "sample"]
+__all__ = ["SAMPLERS", "Denoiser", "GaussianMixture", "ModelOutputError", "NoiseSchedule", "SeededNoise", "edit",
+           "interpolate", "invert", "lerp", "load", "optimize_timesteps", "reconstruct", "sample", "slerp"]
+
+
+def load(path: str) -> Denoiser:
+    """A Denoiser from a local diffusers folder (pipeline or UNet + scheduler config), a ddim run folder,
+    or a built-in name (`digits`, `mixture:mog3`)."""
+    from .loader import load_model
+
+    return load_model(path).denoiser
 __version__ = "0.1.0"

@@ -140,3 +140,29 @@ def format_overhead(rows: list[dict[str, Any]], ratio: dict[str, float]) -> str:
     lines.append(f"DDPM-1000 / DDIM-50 wall time (MLP, batch 1): {ratio['ddpm1000_s']:.3f} s / "
                  f"{ratio['ddim50_s']:.4f} s = {ratio['ratio']:.2f} (NFE ratio 20)")
     return "\n".join(lines)
+
+
+def solver_overhead(steps: int = 20, repeat: int = 7, device: str = "cpu") -> str:
+    """Per-step cost of the multistep solvers' own work (outputs replayed, tiny MLP, batch 1), ours vs
+    diffusers' DPMSolverMultistepScheduler (2M) and UniPCMultistepScheduler (bh2)."""
+    from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    from .models import MLP
+    from .samplers import SAMPLERS
+
+    torch.manual_seed(0)
+    net = MLP(2, 32, 1).eval().to(device)
+    x = torch.randn(1, 2, device=device)
+    lines = ["| solver | ours µs/step | diffusers µs/step | ratio |", "|---|---:|---:|---:|"]
+    for name, ref in (("dpmpp_2m", DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2)),
+                      ("unipc", UniPCMultistepScheduler(solver_type="bh2", solver_order=2))):
+        ref.set_timesteps(steps)
+        ts = ref.timesteps.clone()
+        with torch.no_grad():
+            rep = Replay([net(x, t.reshape(1)) for t in ts])
+            den = Denoiser(rep, NoiseSchedule.from_alphas_cumprod(ref.alphas_cumprod.double()))
+            fn = SAMPLERS[name]
+            ours = _timeit(lambda fn=fn, den=den, ts=ts: fn(den, x, ts), repeat) / steps * 1e6
+            theirs = _timeit(lambda ref=ref, rep=rep: _diffusers_loop(ref, rep, x, steps), repeat) / steps * 1e6
+        lines.append(f"| {name} | {ours:.1f} | {theirs:.1f} | {theirs / ours:.1f}× |")
+    return "\n".join(lines)

@@ -248,6 +248,37 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    command = "ddim " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else f"ddim bench {args.suite}"
+    if args.suite == "overhead":
+        from .bench import ddpm_vs_ddim, format_overhead, overhead, solver_overhead
+        from .checkpoint import atomic_write_bytes
+        from .report import header
+
+        rows = overhead(steps=args.steps, repeat=3 if args.quick else 7, device=args.device,
+                        include_unet=not args.quick, batches=(1,) if args.quick else (1, 1024))
+        text = format_overhead(rows, ddpm_vs_ddim(device=args.device, repeat=1 if args.quick else 3))
+        text += "\n\n" + solver_overhead(steps=args.steps, repeat=3 if args.quick else 7, device=args.device)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / "report.md", (header("Sampler overhead", command) + "\n" + text + "\n").encode())
+        print(text)
+        print(f"wrote {out / 'report.md'}")
+    elif args.suite == "solvers":
+        from .bench_solvers import run_solvers
+
+        if args.quick:
+            run_solvers(out, nfes=(5, 10), n=100, samplers=("ddim", "dpmpp_2m", "unipc"),
+                        spacings=("trailing", "logsnr"), command=command)
+        else:
+            run_solvers(out, command=command)
+    else:
+        from .bench_quality import run_suite
+
+        run_suite(args.suite, out, quick=args.quick, command=command, device=args.device)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddim", description="Fast, deterministic sampling of diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -337,6 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="edit.png", help="output PNG grid (rows: samples, columns: scales)")
     p.set_defaults(n=4)
     p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("bench", help="benchmarks: overhead, solvers, quality, speed, eta-variance",
+                       description="Benchmarks that measure side by side in one run and write report.md + PNGs.")
+    p.add_argument("suite", choices=["overhead", "solvers", "quality", "speed", "eta-variance"])
+    p.add_argument("--out", default="bench_out", help="output folder (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="a small, fast run (smoke test)")
+    p.add_argument("--steps", type=int, default=50, help="steps for the overhead suite (default 50)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

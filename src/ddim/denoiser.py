@@ -52,6 +52,7 @@ class Denoiser:
         self.sample_shape = None if sample_shape is None else tuple(int(d) for d in sample_shape)
         self.nfe = 0
         self.last_nfe = 0
+        self.early_exit_step: int | None = None
         abar = schedule.alphas_cumprod
         self._affine = [self._affine_for(a) for a in abar.tolist()]
         self._t_cache: dict[tuple[torch.device, int], torch.Tensor] = {}

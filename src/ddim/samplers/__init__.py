@@ -16,11 +16,12 @@ from . import heun as _heun  # noqa: F401
 from . import pndm as _pndm  # noqa: F401
 from . import rk4 as _rk4  # noqa: F401
 from . import unipc as _unipc  # noqa: F401
-from .base import NFE_PER_STEP, SAMPLERS, Callback, Sampler, check_eta, register
+from .base import NFE_PER_STEP, SAMPLERS, Callback, Sampler, check_eta, nfe_of, register, steps_for_nfe
 from .ddim import sample_ddim
 from .ddpm import sample_ddpm
 
-__all__ = ["NFE_PER_STEP", "SAMPLERS", "Sampler", "register", "sample", "sample_ddim", "sample_ddpm"]
+__all__ = ["NFE_PER_STEP", "SAMPLERS", "Sampler", "nfe_of", "register", "sample", "sample_ddim", "sample_ddpm",
+           "steps_for_nfe"]
 
 
 def _resolve_seeds(n: int | None, seed: int, seeds: Sequence[int] | None) -> list[int]:
@@ -51,6 +52,7 @@ def sample(
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
     callback: Callback | None = None,
+    early_exit_tol: float | None = None,
     **options: Any,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Draw samples: x_T from per-sample seeds (or given), then the named sampler over the timesteps.
@@ -58,7 +60,10 @@ def sample(
     `shape` is the full batch shape (N, *dims); sample i uses seed `seed + i` (or `seeds[i]`) for its x_T
     and all its fresh noise, so it does not change with the batch around it. Runs on the device and dtype
     of x_T when given. With `return_trajectory`, also returns the stacked states (x_T, then after each step).
-    The NFE of the run is `denoiser.last_nfe`.
+    The NFE of the run is `denoiser.last_nfe`. With `early_exit_tol`, sampling stops once the change still
+    to come in x̂0, extrapolated linearly from its last change over the steps that remain, is below that
+    fraction of x̂0's RMS, and returns that x̂0; `denoiser.early_exit_step` says where (None: ran to the end).
+    It reads two numbers per step on the host (a sync): use it where network calls dominate.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(sorted(SAMPLERS))}")
@@ -109,16 +114,46 @@ def sample(
         if callback is not None:
             callback(info)
 
-    use_cb = return_trajectory or bar is not None or callback is not None
+    prev: list[torch.Tensor] = []
+    if early_exit_tol is not None:
+        if not early_exit_tol > 0:
+            raise ValueError(f"early_exit_tol must be > 0, got {early_exit_tol}")
+        inner = cb
+
+        def cb(info: dict[str, Any]) -> None:
+            inner(info)
+            d = info["denoised"]
+            if d is None:
+                return
+            remaining = len(ts) - 1 - info["i"]
+            if prev and remaining > 0 and remaining * float((d - prev[0]).pow(2).mean().sqrt()) <= (
+                    early_exit_tol * float(d.pow(2).mean().sqrt().clamp_min(1e-12))):
+                raise _EarlyExit(info["i"], d)
+            prev[:] = [d]
+
+    use_cb = return_trajectory or bar is not None or callback is not None or early_exit_tol is not None
+    denoiser.early_exit_step = None
+    start = denoiser.nfe
     try:
         with torch.no_grad():
             out = fn(denoiser, x, ts, generator=streams, callback=cb if use_cb else None, **options)
+    except _EarlyExit as stop:
+        denoiser.finish()
+        denoiser.last_nfe = denoiser.nfe - start
+        denoiser.early_exit_step = stop.step
+        out = stop.x0
     finally:
         if bar is not None:
             bar.close()
     if return_trajectory:
         return out, torch.stack(traj)
     return out
+
+
+class _EarlyExit(Exception):
+    def __init__(self, step: int, x0: torch.Tensor) -> None:
+        super().__init__(f"early exit at step {step}")
+        self.step, self.x0 = step, x0
 
 
 def _net_device(denoiser: Denoiser) -> torch.device:

@@ -26,9 +26,22 @@ class Sampler(Protocol):
 SAMPLERS: dict[str, Sampler] = {}
 #: network evaluations per step (for equal-NFE comparisons); a sampler's exact count is measured anyway
 NFE_PER_STEP: dict[str, int] = {}
+#: extra evaluations beyond steps · NFE_PER_STEP (negative: the last step is a single evaluation)
+NFE_OFFSET: dict[str, int] = {}
 
 
-def register(name: str, nfe_per_step: int = 1) -> Callable[[Callable[..., torch.Tensor]], Sampler]:
+def nfe_of(sampler: str, steps: int) -> int:
+    """Network evaluations of `sampler` with `steps` steps."""
+    return NFE_PER_STEP[sampler] * steps + NFE_OFFSET[sampler]
+
+
+def steps_for_nfe(sampler: str, nfe: int) -> int:
+    """The most steps whose NFE fits the budget (at least 1)."""
+    return max(1, (nfe - NFE_OFFSET[sampler]) // NFE_PER_STEP[sampler])
+
+
+def register(name: str, nfe_per_step: int = 1, nfe_offset: int = 0
+             ) -> Callable[[Callable[..., torch.Tensor]], Sampler]:
     """Register a sampler under `name` and wrap it with validation and the NaN guard."""
 
     def wrap(fn: Callable[..., torch.Tensor]) -> Sampler:
@@ -51,6 +64,7 @@ def register(name: str, nfe_per_step: int = 1) -> Callable[[Callable[..., torch.
 
         SAMPLERS[name] = run
         NFE_PER_STEP[name] = nfe_per_step
+        NFE_OFFSET[name] = nfe_offset
         return run
 
     return wrap
@@ -130,11 +144,30 @@ def _log_snr_half(alpha: float, sigma: float) -> float:
 
 def lincomb(terms: list[tuple[float, torch.Tensor]]) -> torch.Tensor:
     """Σ c·v over (c, v) pairs, skipping zero coefficients: one mul then one fused add per term."""
-    live = [(c, v) for c, v in terms if c != 0.0]
-    if not live:
-        return torch.zeros_like(terms[0][1])
-    c0, v0 = live[0]
-    out = v0 * c0
-    for c, v in live[1:]:
-        out.add_(v, alpha=c)
-    return out
+    out = None
+    for c, v in terms:
+        if c == 0.0:
+            continue
+        if out is None:
+            out = v * c
+        else:
+            out.add_(v, alpha=c)
+    return out if out is not None else torch.zeros_like(terms[0][1])
+
+
+def solve_small(R: list[list[float]], b: list[float]) -> list[float]:
+    """Solve a tiny dense system (order ≤ 4) by Gaussian elimination with partial pivoting, in float64
+    Python floats: far cheaper than numpy at this size, and exact enough for solver coefficients."""
+    n = len(b)
+    M = [[*row, bi] for row, bi in zip(R, b)]
+    for col in range(n):
+        piv = max(range(col, n), key=lambda r: abs(M[r][col]))
+        M[col], M[piv] = M[piv], M[col]
+        for r in range(col + 1, n):
+            f = M[r][col] / M[col][col]
+            for k in range(col, n + 1):
+                M[r][k] -= f * M[col][k]
+    x = [0.0] * n
+    for r in range(n - 1, -1, -1):
+        x[r] = (M[r][n] - sum(M[r][k] * x[k] for k in range(r + 1, n))) / M[r][r]
+    return x

@@ -92,7 +92,7 @@ def sample_dpmpp_3m(denoiser: Denoiser, x: torch.Tensor, timesteps: torch.Tensor
     return sample_dpmpp_multistep(denoiser, x, timesteps, callback=callback, order=3)
 
 
-@register("dpmpp_2s", nfe_per_step=2)
+@register("dpmpp_2s", nfe_per_step=2, nfe_offset=-1)
 def sample_dpmpp_2s(denoiser: Denoiser, x: torch.Tensor, timesteps: torch.Tensor, *, generator: NoiseLike = None,
                     callback: Callback | None = None) -> torch.Tensor:
     """DPM-Solver++(2S) (paper Alg. 1, r = 1/2): an extra evaluation at the log-SNR midpoint of each step,

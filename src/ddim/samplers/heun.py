@@ -13,7 +13,7 @@ from ..noise import NoiseLike
 from .base import Callback, Levels, lincomb, register
 
 
-@register("heun", nfe_per_step=2)
+@register("heun", nfe_per_step=2, nfe_offset=-1)
 def sample_heun(denoiser: Denoiser, x: torch.Tensor, timesteps: torch.Tensor, *, generator: NoiseLike = None,
                 callback: Callback | None = None) -> torch.Tensor:
     lv = Levels(denoiser, timesteps)

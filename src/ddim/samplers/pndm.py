@@ -14,7 +14,7 @@ from .base import Callback, Levels, lincomb, register
 _AB = {1: [1.0], 2: [1.5, -0.5], 3: [23 / 12, -16 / 12, 5 / 12], 4: [55 / 24, -59 / 24, 37 / 24, -9 / 24]}
 
 
-@register("pndm")
+@register("pndm", nfe_offset=1)
 def sample_pndm(denoiser: Denoiser, x: torch.Tensor, timesteps: torch.Tensor, *, generator: NoiseLike = None,
                 callback: Callback | None = None) -> torch.Tensor:
     lv = Levels(denoiser, timesteps)

@@ -16,7 +16,7 @@ from ..noise import NoiseLike
 from .base import Callback, Levels, lincomb, register
 
 
-@register("rk4", nfe_per_step=4)
+@register("rk4", nfe_per_step=4, nfe_offset=-3)
 def sample_rk4(denoiser: Denoiser, x: torch.Tensor, timesteps: torch.Tensor, *, generator: NoiseLike = None,
                callback: Callback | None = None) -> torch.Tensor:
     lv = Levels(denoiser, timesteps)

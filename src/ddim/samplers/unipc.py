@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from ..denoiser import Denoiser
 from ..noise import NoiseLike
-from .base import Callback, Levels, lincomb, register
+from .base import Callback, Levels, lincomb, register, solve_small
 
 
 def _unipc_terms(lv: Levels, i: int, order: int, variant: str, corrector: bool
@@ -36,7 +35,7 @@ def _unipc_terms(lv: Levels, i: int, order: int, variant: str, corrector: bool
     h_phi_1 = math.expm1(hh)
     B_h = hh if variant == "bh1" else math.expm1(hh)
     rks = [(lv.lam[i - k] - lv.lam[i]) / h for k in range(1, order)] + [1.0]
-    R = np.array([[r ** (j - 1) for r in rks] for j in range(1, order + 1)])
+    R = [[r ** (j - 1) for r in rks] for j in range(1, order + 1)]
     b = []
     h_phi_k = h_phi_1 / hh - 1
     fact = 1
@@ -44,15 +43,14 @@ def _unipc_terms(lv: Levels, i: int, order: int, variant: str, corrector: bool
         b.append(h_phi_k * fact / B_h)
         fact *= j + 1
         h_phi_k = h_phi_k / hh - 1 / fact
-    b = np.array(b)
     c0 = -a_next * h_phi_1
     if corrector:
-        rhos = np.array([0.5]) if order == 1 else np.linalg.solve(R, b)
+        rhos = [0.5] if order == 1 else solve_small(R, b)
         ck = [-a_next * B_h * rhos[k - 1] / rks[k - 1] for k in range(1, order)]
         return A, c0, ck, -a_next * B_h * rhos[-1]
     if order == 1:
         return A, c0, [], 0.0
-    rhos_p = np.array([0.5]) if order == 2 else np.linalg.solve(R[:-1, :-1], b[:-1])
+    rhos_p = [0.5] if order == 2 else solve_small([row[:-1] for row in R[:-1]], b[:-1])
     ck = [-a_next * B_h * rhos_p[k - 1] / rks[k - 1] for k in range(1, order)]
     return A, c0, ck, 0.0
 
@@ -78,16 +76,18 @@ def sample_unipc(denoiser: Denoiser, x: torch.Tensor, timesteps: torch.Tensor, *
     lv = Levels(denoiser, timesteps)
     n = len(lv)
     orders = [min(order, n - i, i + 1) for i in range(n)]
+    pred = [_unipc_terms(lv, i, orders[i], variant, False) for i in range(n)]
+    corr = [_unipc_terms(lv, i, orders[i], variant, True) if corrector else None for i in range(n)]
     hist: list[torch.Tensor] = []
     x_last: torch.Tensor | None = None
     for i, t in enumerate(lv.t):
         _, m = denoiser(x, t)
         if corrector and i > 0 and x_last is not None:
             # UniC for the step i-1 → i, re-using the call at the predicted point
-            x = _apply(_unipc_terms(lv, i - 1, orders[i - 1], variant, True), x_last, hist, m)
+            x = _apply(corr[i - 1], x_last, hist, m)
         hist = [m, *hist[: order - 1]]
         x_last = x
-        x = _apply(_unipc_terms(lv, i, orders[i], variant, False), x, hist, None)
+        x = _apply(pred[i], x, hist, None)
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "denoised": m})
     return x
