@@ -83,3 +83,60 @@ def frechet_distance(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.nd
     wm = linalg.eigvalsh((m + m.T) / 2)
     tr_sqrt = np.sqrt(np.clip(wm, 0, None)).sum()
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt)
+
+
+def frechet_distance_features(real: torch.Tensor, fake: torch.Tensor, real_weights: torch.Tensor | None = None,
+                              fake_weights: torch.Tensor | None = None) -> float:
+    """Fréchet distance between two feature sets (N, F), optionally weighted."""
+    return frechet_distance(*gaussian_stats(real, real_weights), *gaussian_stats(fake, fake_weights))
+
+
+@torch.no_grad()
+def extract(extractor: torch.nn.Module | object, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """Features of x in batches: `extractor.features(x)` when it has one, else `extractor(x)`."""
+    fn = getattr(extractor, "features", extractor)
+    return torch.cat([fn(x[i: i + batch]).reshape(min(batch, x.shape[0] - i), -1) for i in range(0, x.shape[0], batch)])
+
+
+def load_feature_extractor(path: str) -> torch.nn.Module:
+    """A TorchScript feature extractor from disk (e.g. an Inception network exported with torch.jit.save),
+    for FID on your own images. TorchScript archives hold code and tensors; no arbitrary unpickling."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"no feature extractor at {p}")
+    try:
+        return torch.jit.load(str(p), map_location="cpu").eval()
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"{p} is not a TorchScript archive: {str(e).splitlines()[0]}") from None
+
+
+def class_coverage(pred: torch.Tensor, n_classes: int = 10) -> dict[str, float | list[float]]:
+    """Histogram of predicted classes, its total-variation distance to uniform, and the smallest share."""
+    counts = torch.bincount(pred.long(), minlength=n_classes).double()
+    frac = counts / counts.sum()
+    return {"fractions": frac.tolist(), "tv_to_uniform": float(0.5 * (frac - 1 / n_classes).abs().sum()),
+            "min_fraction": float(frac.min())}
+
+
+def class_balanced_weights(pred: torch.Tensor, n_classes: int = 10) -> torch.Tensor:
+    """Weights 1/count(predicted class), so each class contributes equally to a weighted Fréchet distance."""
+    counts = torch.bincount(pred.long(), minlength=n_classes).double()
+    return 1.0 / counts[pred.long()]
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019): the share of fake samples inside the real
+    k-NN manifold, and of real samples inside the fake one."""
+    real, fake = _flat(real), _flat(fake)
+
+    def radii(a: torch.Tensor) -> torch.Tensor:
+        d = torch.cdist(a, a)
+        return d.kthvalue(k + 1, dim=1).values  # +1: the point itself
+
+    def inside(points: torch.Tensor, ref: torch.Tensor, r: torch.Tensor) -> float:
+        d = torch.cdist(points, ref)
+        return float((d <= r[None]).any(1).double().mean())
+
+    return inside(fake, real, radii(real)), inside(real, fake, radii(fake))
