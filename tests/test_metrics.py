@@ -93,14 +93,14 @@ def test_pf_ode_likelihood_matches_true_density():
     assert abs(float(hutch.mean() - true.mean())) < 0.1  # unbiased: the mean is close, single values noisy
 
 
-@pytest.mark.parametrize("suite", ["quality", "speed", "eta-variance"])
+@pytest.mark.parametrize("suite", ["quality", "speed", "eta-variance", "reconstruction"])
 def test_bench_quick_modes_write_reports(tmp_path, suite):
     from ddim.bench_quality import run_suite
 
     report = run_suite(suite, tmp_path, quick=True)
     text = report.read_text()
     assert "Command:" in text and "Versions:" in text and "Machine:" in text
-    assert list(tmp_path.glob("*.png")) or suite == "speed"
+    assert list(tmp_path.glob("*.png")) or suite in ("speed", "reconstruction")
     if suite == "eta-variance":
         first = next(line for line in text.splitlines() if line.startswith("| 0 |"))
         assert first.split("|")[2].strip() == "0.000000" and first.split("|")[3].strip() == "0.000000"

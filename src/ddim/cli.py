@@ -406,9 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="optional .npy of per-sample values")
     p.set_defaults(func=cmd_likelihood)
 
-    p = sub.add_parser("bench", help="benchmarks: overhead, solvers, quality, speed, eta-variance",
+    p = sub.add_parser("bench", help="benchmarks: overhead, solvers, quality, speed, eta-variance, reconstruction",
                        description="Benchmarks that measure side by side in one run and write report.md + PNGs.")
-    p.add_argument("suite", choices=["overhead", "solvers", "quality", "speed", "eta-variance"])
+    p.add_argument("suite", choices=["overhead", "solvers", "quality", "speed", "eta-variance", "reconstruction"])
     p.add_argument("--out", default="bench_out", help="output folder (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a small, fast run (smoke test)")
     p.add_argument("--steps", type=int, default=50, help="steps for the overhead suite (default 50)")
