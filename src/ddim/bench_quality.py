@@ -63,7 +63,7 @@ def quality(out: Path, quick: bool, command: str, n: int | None = None) -> str:
 
     steps_list = [10, 20] if quick else [10, 20, 50, 100, 1000]
     etas = [0.0, 1.0, "sigma_hat"] if quick else ETAS
-    n = n or (64 if quick else 1000)
+    n = n or (64 if quick else 500)
     clf = load_digits_classifier()
     xr, _ = digits()
     f_real = metrics.extract(clf, xr)

@@ -42,7 +42,6 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
     from .distributed import DistInfo
@@ -80,13 +79,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     dt = time.perf_counter() - t0
     if not dist.is_main:
         return 0
-    import io
-
-    from .checkpoint import atomic_write_bytes
-
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    atomic_write_bytes(out, buf.getvalue())
+    _save_npy(out, arr)
     fig = save_samples_figure(torch.from_numpy(arr), out.with_suffix(".png"),
                               f"{model.name}: {args.sampler} eta={args.eta} {args.steps} steps")
     ranks = f" on {dist.world_size} ranks" if dist.active else ""
@@ -149,17 +142,11 @@ def _load_inputs(args: argparse.Namespace, sample_shape: tuple[int, ...]):
 
 
 def _save_npy(path: Path, arr) -> None:
-    import numpy as np
-
-    from .checkpoint import atomic_write_bytes
+    from .checkpoint import atomic_save_npy
 
     if path.suffix != ".npy":
         raise CLIError(f"--out must end in .npy, got {path}")
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_save_npy(path, arr)
 
 
 def cmd_invert(args: argparse.Namespace) -> int:

@@ -8,15 +8,13 @@ same single-process or distributed, so the gathered output equals the single-pro
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from .checkpoint import atomic_write_bytes
+from .checkpoint import atomic_save_npy
 from .denoiser import Denoiser
 from .distributed import DistInfo
 from .samplers import sample
@@ -42,9 +40,7 @@ def sample_sharded(den: Denoiser, sample_shape: tuple[int, ...], n: int, *, batc
         if path.is_file():
             continue
         x = sample(den, (b - a, *sample_shape), seeds=range(seed + a, seed + b), **sample_kw)
-        buf = io.BytesIO()
-        np.save(buf, x.detach().cpu().numpy())
-        atomic_write_bytes(path, buf.getvalue())
+        atomic_save_npy(path, x.detach().cpu().numpy())
         if on_chunk is not None:
             on_chunk(a, b)
     dist.barrier()
@@ -61,7 +57,3 @@ def sample_sharded(den: Denoiser, sample_shape: tuple[int, ...], n: int, *, batc
             raise ValueError(f"shard {path} has shape {arr.shape}, expected {(b - a, *sample_shape)}")
         parts.append(arr)
     return np.concatenate(parts)
-
-
-def as_tensor(arr: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(arr)
