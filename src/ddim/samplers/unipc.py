@@ -13,7 +13,7 @@ import torch
 
 from ..denoiser import Denoiser
 from ..noise import NoiseLike
-from .base import Callback, Levels, lincomb, register, solve_small
+from .base import Callback, Levels, register, solve_small
 
 
 def _unipc_terms(lv: Levels, i: int, order: int, variant: str, corrector: bool
@@ -55,15 +55,22 @@ def _unipc_terms(lv: Levels, i: int, order: int, variant: str, corrector: bool
     return A, c0, ck, 0.0
 
 
-def _apply(terms: tuple[float, float, list[float], float], x: torch.Tensor, hist: list[torch.Tensor],
-           m_new: torch.Tensor | None) -> torch.Tensor:
+def _flatten(terms: tuple[float, float, list[float], float]) -> tuple[float, list[tuple[float, int]], float]:
+    """(A, [(coefficient, history index)...] without zeros, c_new) from (A, c0, [c_k], cT)."""
     A, c0, ck, cT = terms
-    m0 = hist[0]
-    lin = [(A, x), (c0 - sum(ck) - cT, m0)]
-    lin += [(c, hist[k + 1]) for k, c in enumerate(ck)]
+    lin = [(c0 - sum(ck) - cT, 0)] + [(c, k + 1) for k, c in enumerate(ck)]
+    return A, [(c, k) for c, k in lin if c != 0.0], cT
+
+
+def _apply(plan: tuple[float, list[tuple[float, int]], float], x: torch.Tensor, hist: list[torch.Tensor],
+           m_new: torch.Tensor | None) -> torch.Tensor:
+    A, lin, cT = plan
+    out = x * A
+    for c, k in lin:
+        out.add_(hist[k], alpha=c)
     if cT != 0.0 and m_new is not None:
-        lin.append((cT, m_new))
-    return lincomb(lin)
+        out.add_(m_new, alpha=cT)
+    return out
 
 
 def sample_unipc(denoiser: Denoiser, x: torch.Tensor, timesteps: torch.Tensor, *, generator: NoiseLike = None,
@@ -76,16 +83,23 @@ def sample_unipc(denoiser: Denoiser, x: torch.Tensor, timesteps: torch.Tensor, *
     lv = Levels(denoiser, timesteps)
     n = len(lv)
     orders = [min(order, n - i, i + 1) for i in range(n)]
-    pred = [_unipc_terms(lv, i, orders[i], variant, False) for i in range(n)]
-    corr = [_unipc_terms(lv, i, orders[i], variant, True) if corrector else None for i in range(n)]
+    pred = [_flatten(_unipc_terms(lv, i, orders[i], variant, False)) for i in range(n)]
+    corr = [_flatten(_unipc_terms(lv, i, orders[i], variant, True)) if corrector else None for i in range(n)]
+    fast = denoiser.is_affine
     hist: list[torch.Tensor] = []
     x_last: torch.Tensor | None = None
     for i, t in enumerate(lv.t):
-        _, m = denoiser(x, t)
+        if fast:  # x̂0 = k1 x + k2 out, without the ε̂ this solver does not use
+            out = denoiser.raw(x, t)
+            k1, k2, _, _ = denoiser.coeffs(t)
+            m = out if (k1 == 0.0 and k2 == 1.0) else torch.add(out * k2, x, alpha=k1)
+        else:
+            _, m = denoiser(x, t)
         if corrector and i > 0 and x_last is not None:
             # UniC for the step i-1 → i, re-using the call at the predicted point
             x = _apply(corr[i - 1], x_last, hist, m)
-        hist = [m, *hist[: order - 1]]
+        hist.insert(0, m)
+        del hist[order:]
         x_last = x
         x = _apply(pred[i], x, hist, None)
         if callback is not None:
