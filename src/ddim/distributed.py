@@ -83,4 +83,10 @@ def shutdown() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        # every rank leaves together: a rank tearing down its gloo threads while rank 0 still writes
+        # (checkpoints, plots) aborts with "terminate called without an active exception"
+        try:
+            dist.barrier()
+        except RuntimeError:
+            pass  # a peer is gone: nothing left to wait for
         dist.destroy_process_group()
