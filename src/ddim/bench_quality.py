@@ -55,13 +55,14 @@ def _mog3_model(quick: bool) -> Denoiser:
     return Denoiser(net, NoiseSchedule.from_diffusers_config(rc["schedule"]), sample_shape=(2,))
 
 
-def quality(out: Path, quick: bool, command: str, n: int | None = None) -> str:
+def quality(out: Path, quick: bool, command: str, n: int | None = None,
+            steps_list: list[int] | None = None) -> str:
     from .classifier import load_digits_classifier
     from .data import digits
     from .loader import load_model
     from .models.mixture import mog3
 
-    steps_list = [10, 20] if quick else [10, 20, 50, 100, 1000]
+    steps_list = steps_list or ([10, 20] if quick else [10, 20, 50, 100, 1000])
     etas = [0.0, 1.0, "sigma_hat"] if quick else ETAS
     n = n or (64 if quick else 500)
     clf = load_digits_classifier()
@@ -287,11 +288,12 @@ def reconstruction(out: Path, quick: bool, command: str) -> str:
     return "\n".join(parts)
 
 
-def run_suite(suite: str, out: str | Path, *, quick: bool = False, command: str = "", device: str = "cpu") -> Path:
+def run_suite(suite: str, out: str | Path, *, quick: bool = False, command: str = "", device: str = "cpu",
+              n: int | None = None, steps_list: list[int] | None = None) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if suite == "quality":
-        text = quality(out, quick, command or "ddim bench quality")
+        text = quality(out, quick, command or "ddim bench quality", n=n, steps_list=steps_list)
     elif suite == "eta-variance":
         text = eta_variance(out, quick, command or "ddim bench eta-variance")
     elif suite == "speed":

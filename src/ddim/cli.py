@@ -263,7 +263,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         from .bench_quality import run_suite
 
-        run_suite(args.suite, out, quick=args.quick, command=command, device=args.device)
+        run_suite(args.suite, out, quick=args.quick, command=command, device=args.device, n=args.n,
+                  steps_list=args.steps_list)
     return 0
 
 
@@ -400,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a small, fast run (smoke test)")
     p.add_argument("--steps", type=int, default=50, help="steps for the overhead suite (default 50)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--n", type=_positive_int, default=None, help="samples per cell for the quality suite (500)")
+    p.add_argument("--steps-list", type=int, nargs="+", default=None,
+                   help="step counts for the quality suite (default: 10 20 50 100 1000)")
     p.set_defaults(func=cmd_bench)
     return parser
 
