@@ -94,3 +94,88 @@ class DDIMScheduler(SchedulerMixin, ConfigMixin):
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
+
+
+class DPMSolverMultistepScheduler(SchedulerMixin, ConfigMixin):
+    """ddim's DPM-Solver++ (2M / 3M, data prediction) behind diffusers' scheduler interface.
+
+    Coefficients for the whole list are computed in float64 at `set_timesteps`; `step` keeps the x̂0
+    history. Third order uses the Taylor-correct D2 weight (see ddim.samplers.dpmpp).
+    """
+
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: list[float] | None = None,
+        solver_order: int = 2,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "trailing",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+    ) -> None:
+        if solver_order not in (1, 2, 3):
+            raise ValueError(f"solver_order must be 1, 2 or 3, got {solver_order}")
+        self._den = Denoiser.from_diffusers_config(None, {**dict(self.config), "clip_sample": False})
+        self.schedule: NoiseSchedule = self._den.schedule
+        self.alphas_cumprod = self.schedule.alphas_cumprod.float()
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps: int | None = None
+        self.timesteps = self.schedule.timesteps(num_train_timesteps, "trailing")
+        self._plan: list[tuple[float, list[float]]] = []
+        self._hist: list[torch.Tensor] = []
+        self._index: dict[int, int] = {}
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
+        return sample
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        from .samplers.base import Levels
+        from .samplers.dpmpp import dpmpp_coefficients, multistep_orders
+
+        ts = self.schedule.timesteps(num_inference_steps, self.config.timestep_spacing)
+        lv = Levels(self._den, ts)
+        orders = multistep_orders(len(lv), self.config.solver_order, final_zero=lv.sigma[-1] == 0.0)
+        self._plan = [dpmpp_coefficients(lv, i, o) for i, o in enumerate(orders)]
+        self._index = {t: i for i, t in enumerate(lv.t)}
+        self._hist = []
+        self.num_inference_steps = len(ts)
+        self.timesteps = ts.to(device) if device is not None else ts
+
+    def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor,
+             generator: torch.Generator | None = None, return_dict: bool = True, **_: object
+             ) -> DDIMSchedulerOutput | tuple[torch.Tensor]:
+        """One DPM-Solver++ step from `timestep` to the next entry of the list (extra pipeline kwargs such
+        as `eta` are ignored: the solver is deterministic)."""
+        if self.num_inference_steps is None:
+            raise ValueError("call set_timesteps before step")
+        t = int(timestep)
+        if t not in self._index:
+            raise ValueError(f"timestep {t} is not in this scheduler's list (call set_timesteps first)")
+        i = self._index[t]
+        if i == 0:
+            self._hist = []
+        _, x0 = self._den.split(sample, t, model_output)
+        self._hist = [x0, *self._hist[:2]]
+        A, c = self._plan[i]
+        prev = sample * A
+        for k, h in enumerate(self._hist):
+            if c[k] != 0.0:
+                prev = prev + c[k] * h
+        if not return_dict:
+            return (prev,)
+        return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return DDIMScheduler.add_noise(self, original_samples, noise, timesteps)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
