@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -153,6 +154,22 @@ def lincomb(terms: list[tuple[float, torch.Tensor]]) -> torch.Tensor:
         else:
             out.add_(v, alpha=c)
     return out if out is not None else torch.zeros_like(terms[0][1])
+
+
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def cached_plan(schedule: object, key: tuple, build: Callable[[], Any]) -> Any:
+    """Per-schedule memo of a sampler's precomputed coefficient plan (key: timesteps and options), so that
+    sampling many batches on one schedule pays the float64 coefficient work once."""
+    per = _PLANS.setdefault(schedule, {})
+    full = (getattr(schedule, "final_alpha_cumprod", None), *key)
+    plan = per.get(full)
+    if plan is None:
+        if len(per) > 64:
+            per.clear()
+        plan = per[full] = build()
+    return plan
 
 
 def solve_small(R: list[list[float]], b: list[float]) -> list[float]:

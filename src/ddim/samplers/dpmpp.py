@@ -14,7 +14,7 @@ import torch
 
 from ..denoiser import Denoiser
 from ..noise import NoiseLike
-from .base import Callback, Levels, lincomb, register
+from .base import Callback, Levels, cached_plan, lincomb, register
 
 
 def _phi(h: float) -> float:
@@ -63,14 +63,16 @@ def sample_dpmpp_multistep(denoiser: Denoiser, x: torch.Tensor, timesteps: torch
     """DPM-Solver++(1/2M/3M); order 1 is DDIM with η = 0."""
     if order not in (1, 2, 3):
         raise ValueError(f"DPM-Solver++ multistep order must be 1, 2 or 3, got {order}")
-    lv = Levels(denoiser, timesteps)
-    n = len(lv)
-    orders = multistep_orders(n, order, final_zero=lv.sigma[-1] == 0.0)
-    plan = [dpmpp_coefficients(lv, i, o) for i, o in enumerate(orders)]
-    plan = [(A, [(c[k], k) for k in range(3) if c[k] != 0.0]) for A, c in plan]
+    def build() -> tuple[list[int], list]:
+        lv = Levels(denoiser, timesteps)
+        orders = multistep_orders(len(lv), order, final_zero=lv.sigma[-1] == 0.0)
+        plan = [dpmpp_coefficients(lv, i, o) for i, o in enumerate(orders)]
+        return lv.t, [(A, [(c[k], k) for k in range(3) if c[k] != 0.0]) for A, c in plan]
+
+    t_list, plan = cached_plan(denoiser.schedule, ("dpmpp", tuple(timesteps.tolist()), order), build)
     fast = denoiser.is_affine
     hist: list[torch.Tensor] = []
-    for i, t in enumerate(lv.t):
+    for i, t in enumerate(t_list):
         if fast:  # x̂0 = k1 x + k2 out, without the ε̂ this solver does not use
             out = denoiser.raw(x, t)
             k1, k2, _, _ = denoiser.coeffs(t)

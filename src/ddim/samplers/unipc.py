@@ -13,7 +13,7 @@ import torch
 
 from ..denoiser import Denoiser
 from ..noise import NoiseLike
-from .base import Callback, Levels, register, solve_small
+from .base import Callback, Levels, cached_plan, register, solve_small
 
 
 def _unipc_terms(lv: Levels, i: int, order: int, variant: str, corrector: bool
@@ -80,15 +80,21 @@ def sample_unipc(denoiser: Denoiser, x: torch.Tensor, timesteps: torch.Tensor, *
         raise ValueError(f"UniPC order must be 1, 2 or 3, got {order}")
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"UniPC variant must be bh1 or bh2, got {variant!r}")
-    lv = Levels(denoiser, timesteps)
-    n = len(lv)
-    orders = [min(order, n - i, i + 1) for i in range(n)]
-    pred = [_flatten(_unipc_terms(lv, i, orders[i], variant, False)) for i in range(n)]
-    corr = [_flatten(_unipc_terms(lv, i, orders[i], variant, True)) if corrector else None for i in range(n)]
+    t_key = tuple(timesteps.tolist())
+
+    def build() -> tuple[list[int], list, list]:
+        lv = Levels(denoiser, timesteps)
+        n = len(lv)
+        orders = [min(order, n - i, i + 1) for i in range(n)]
+        pred = [_flatten(_unipc_terms(lv, i, orders[i], variant, False)) for i in range(n)]
+        corr = [_flatten(_unipc_terms(lv, i, orders[i], variant, True)) if corrector else None for i in range(n)]
+        return lv.t, pred, corr
+
+    t_list, pred, corr = cached_plan(denoiser.schedule, ("unipc", t_key, order, variant, corrector), build)
     fast = denoiser.is_affine
     hist: list[torch.Tensor] = []
     x_last: torch.Tensor | None = None
-    for i, t in enumerate(lv.t):
+    for i, t in enumerate(t_list):
         if fast:  # x̂0 = k1 x + k2 out, without the ε̂ this solver does not use
             out = denoiser.raw(x, t)
             k1, k2, _, _ = denoiser.coeffs(t)
