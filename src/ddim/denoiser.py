@@ -170,6 +170,16 @@ class Denoiser:
             x0 = self.clip(x0)
         return eps, x0
 
+    def denoise(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """x̂0 only (one network call): skips ε̂ for solvers that work on the data prediction alone."""
+        if not self.is_affine:
+            return self(x, t)[1]
+        out = self.raw(x, t)
+        k1, k2, _, _ = self.coeffs(t)
+        if math.isnan(k1):
+            self._undefined_x0(t)
+        return out if (k1 == 0.0 and k2 == 1.0) else torch.add(out * k2, x, alpha=k1)
+
     def x0_from_output(self, x: torch.Tensor, t: int, out: torch.Tensor) -> torch.Tensor:
         """x̂0 from a raw output (for callbacks on the fast path; clipping applied as configured)."""
         k1, k2, _, _ = self.coeffs(t)

@@ -18,10 +18,35 @@ from .samplers.ddim import ddim_coefficients
 from .schedule import NoiseSchedule
 
 
-class DDIMScheduler(SchedulerMixin, ConfigMixin):
-    """ddim's DDIM step behind diffusers' scheduler interface."""
+class _CoreScheduler(SchedulerMixin, ConfigMixin):
+    """What both schedulers share: the schedule built from the config, and the trivial parts of the contract."""
 
     order = 1
+
+    def _setup(self, clip: bool = True) -> None:
+        cfg = dict(self.config) if clip else {**dict(self.config), "clip_sample": False}
+        self._den = Denoiser.from_diffusers_config(None, cfg)
+        self.schedule: NoiseSchedule = self._den.schedule
+        self.alphas_cumprod = self.schedule.alphas_cumprod.float()
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps: int | None = None
+        self.timesteps = self.schedule.timesteps(self.config.num_train_timesteps, "trailing")
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
+        return sample
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """q(x_t | x_0): sqrt(ᾱ_t) x_0 + sqrt(1-ᾱ_t) ε."""
+        a = self.schedule.alphas_cumprod.to(original_samples.device)[timesteps.long()].to(original_samples.dtype)
+        a = a.reshape(-1, *([1] * (original_samples.ndim - 1)))
+        return a.sqrt() * original_samples + (1 - a).sqrt() * noise
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+
+class DDIMScheduler(_CoreScheduler):
+    """ddim's DDIM step behind diffusers' scheduler interface."""
 
     @register_to_config
     def __init__(
@@ -42,16 +67,8 @@ class DDIMScheduler(SchedulerMixin, ConfigMixin):
         timestep_spacing: str = "leading",
         rescale_betas_zero_snr: bool = False,
     ) -> None:
-        self._den = Denoiser.from_diffusers_config(None, dict(self.config))
-        self.schedule: NoiseSchedule = self._den.schedule
-        self.alphas_cumprod = self.schedule.alphas_cumprod.float()
-        self.init_noise_sigma = 1.0
-        self.num_inference_steps: int | None = None
-        self.timesteps = torch.from_numpy(self.schedule.timesteps(num_train_timesteps, "trailing").numpy())
+        self._setup()
         self._next: dict[int, int] = {}
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
-        return sample
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         ts = self.schedule.timesteps(num_inference_steps, self.config.timestep_spacing)
@@ -86,24 +103,14 @@ class DDIMScheduler(SchedulerMixin, ConfigMixin):
             return prev_sample, x0
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
 
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """q(x_t | x_0): sqrt(ᾱ_t) x_0 + sqrt(1-ᾱ_t) ε."""
-        a = self.schedule.alphas_cumprod.to(original_samples.device)[timesteps.long()].to(original_samples.dtype)
-        a = a.reshape(-1, *([1] * (original_samples.ndim - 1)))
-        return a.sqrt() * original_samples + (1 - a).sqrt() * noise
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
 
 
-class DPMSolverMultistepScheduler(SchedulerMixin, ConfigMixin):
+class DPMSolverMultistepScheduler(_CoreScheduler):
     """ddim's DPM-Solver++ (2M / 3M, data prediction) behind diffusers' scheduler interface.
 
     Coefficients for the whole list are computed in float64 at `set_timesteps`; `step` keeps the x̂0
     history. Third order uses the Taylor-correct D2 weight (see ddim.samplers.dpmpp).
     """
-
-    order = 1
 
     @register_to_config
     def __init__(
@@ -124,18 +131,10 @@ class DPMSolverMultistepScheduler(SchedulerMixin, ConfigMixin):
     ) -> None:
         if solver_order not in (1, 2, 3):
             raise ValueError(f"solver_order must be 1, 2 or 3, got {solver_order}")
-        self._den = Denoiser.from_diffusers_config(None, {**dict(self.config), "clip_sample": False})
-        self.schedule: NoiseSchedule = self._den.schedule
-        self.alphas_cumprod = self.schedule.alphas_cumprod.float()
-        self.init_noise_sigma = 1.0
-        self.num_inference_steps: int | None = None
-        self.timesteps = self.schedule.timesteps(num_train_timesteps, "trailing")
+        self._setup(clip=False)
         self._plan: list[tuple[float, list[float]]] = []
         self._hist: list[torch.Tensor] = []
         self._index: dict[int, int] = {}
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
-        return sample
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         from .samplers.base import Levels
@@ -173,9 +172,3 @@ class DPMSolverMultistepScheduler(SchedulerMixin, ConfigMixin):
         if not return_dict:
             return (prev,)
         return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return DDIMScheduler.add_noise(self, original_samples, noise, timesteps)  # type: ignore[arg-type]
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps

@@ -70,15 +70,9 @@ def sample_dpmpp_multistep(denoiser: Denoiser, x: torch.Tensor, timesteps: torch
         return lv.t, [(A, [(c[k], k) for k in range(3) if c[k] != 0.0]) for A, c in plan]
 
     t_list, plan = cached_plan(denoiser.schedule, ("dpmpp", tuple(timesteps.tolist()), order), build)
-    fast = denoiser.is_affine
     hist: list[torch.Tensor] = []
     for i, t in enumerate(t_list):
-        if fast:  # x̂0 = k1 x + k2 out, without the ε̂ this solver does not use
-            out = denoiser.raw(x, t)
-            k1, k2, _, _ = denoiser.coeffs(t)
-            x0 = out if (k1 == 0.0 and k2 == 1.0) else torch.add(out * k2, x, alpha=k1)
-        else:
-            _, x0 = denoiser(x, t)
+        x0 = denoiser.denoise(x, t)
         hist.insert(0, x0)
         del hist[3:]
         A, terms = plan[i]

@@ -91,16 +91,10 @@ def sample_unipc(denoiser: Denoiser, x: torch.Tensor, timesteps: torch.Tensor, *
         return lv.t, pred, corr
 
     t_list, pred, corr = cached_plan(denoiser.schedule, ("unipc", t_key, order, variant, corrector), build)
-    fast = denoiser.is_affine
     hist: list[torch.Tensor] = []
     x_last: torch.Tensor | None = None
     for i, t in enumerate(t_list):
-        if fast:  # x̂0 = k1 x + k2 out, without the ε̂ this solver does not use
-            out = denoiser.raw(x, t)
-            k1, k2, _, _ = denoiser.coeffs(t)
-            m = out if (k1 == 0.0 and k2 == 1.0) else torch.add(out * k2, x, alpha=k1)
-        else:
-            _, m = denoiser(x, t)
+        m = denoiser.denoise(x, t)
         if corrector and i > 0 and x_last is not None:
             # UniC for the step i-1 → i, re-using the call at the predicted point
             x = _apply(corr[i - 1], x_last, hist, m)
