@@ -9,7 +9,6 @@ runs as DDP (each rank draws its own share of the batch; rank 0 writes checkpoin
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -303,7 +302,3 @@ def load_run(run: str | Path, use_ema: bool = True) -> tuple[torch.nn.Module, di
     net = build_model(cfg["model"])
     ck.load_state_into(net, latest / ("ema.safetensors" if use_ema else "model.safetensors"))
     return net.eval(), cfg
-
-
-def config_json(cfg: TrainConfig) -> str:
-    return json.dumps(dataclasses.asdict(cfg), indent=2)
