@@ -20,14 +20,14 @@ demo: $(STAMP)
 	$(BIN)/ddim demo --out demo_out
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/ddim bench overhead --out bench_out
 
 clean:
 	rm -rf $(VENV) demo_out bench_out

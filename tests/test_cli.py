@@ -4,7 +4,7 @@ import sys
 import numpy as np
 import pytest
 
-from ddim.cli import main
+from ddim.app.cli import main
 
 
 def test_sample_writes_npy_and_png(tmp_path, capsys):

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from ddim import sample
-from ddim.data import digits
-from ddim.inversion import invert, normality, reconstruct
-from ddim.latent import direction_from_examples, edit
-from ddim.loader import load_model
+from ddim.io.data import digits
+from ddim.io.loader import load_model
+from ddim.ops.inversion import invert, normality, reconstruct
+from ddim.ops.latent import direction_from_examples, edit
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_class_direction_edit(model, data):
 
 
 def test_cli_on_digits(tmp_path, capsys):
-    from ddim.cli import main
+    from ddim.app.cli import main
 
     assert main(["sample", "--model", "digits", "--n", "16", "--steps", "5", "--out", str(tmp_path / "d.npy")]) == 0
     assert np.load(tmp_path / "d.npy").shape == (16, 1, 8, 8)

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from ddim import checkpoint as ck
+from ddim.io import checkpoint as ck
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DDIM_DIST_TIMEOUT": "60"}
 

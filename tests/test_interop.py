@@ -10,7 +10,8 @@ from diffusers import DDIMScheduler as TheirDDIM
 
 import ddim
 from ddim.diffusers import DDIMScheduler
-from ddim.interop import load
+from ddim.io.config import denoiser_from_config
+from ddim.io.interop import load
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_our_scheduler_fixes_linspace_and_matches_our_sampler(unet):
     ours.scheduler = DDIMScheduler(**cfg)
     a, b = _run(theirs, 37), _run(ours, 37)
     assert np.abs(a - b).max() > 1e-3  # diffusers' stride T//S is not the next list entry
-    den = ddim.Denoiser.from_diffusers_config(unet, dict(ours.scheduler.config))
+    den = denoiser_from_config(unet, dict(ours.scheduler.config))
     x_T = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         x = ddim.sample(den, x_T=x_T, steps=37, spacing="linspace")
@@ -83,7 +84,7 @@ def test_load_pipeline_folder_written_by_diffusers(unet, tmp_path):
     x = ddim.sample(den, (2, 1, 8, 8), steps=4, sampler="ddpm")
     assert x.shape == (2, 1, 8, 8) and bool(torch.isfinite(x).all())
     # the same through the CLI spec resolver
-    from ddim.loader import load_model
+    from ddim.io.loader import load_model
 
     assert load_model(tmp_path / "p").sample_shape == (1, 8, 8)
 
@@ -116,7 +117,7 @@ def test_dpmpp_scheduler_in_a_pipeline_matches_our_sampler_and_diffusers(unet):
     pipe = DDIMPipeline(unet=unet, scheduler=TheirDDIM())
     pipe.scheduler = DPMSolverMultistepScheduler(timestep_spacing="trailing", solver_order=2)
     ours_pipe = _run(pipe, 12)
-    den = ddim.Denoiser.from_diffusers_config(unet, {"timestep_spacing": "trailing"})
+    den = denoiser_from_config(unet, {"timestep_spacing": "trailing"})
     x_T = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         x = ddim.sample(den, x_T=x_T, steps=12, sampler="dpmpp_2m")

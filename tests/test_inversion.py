@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from conftest import exact_denoiser, random_mlp
 from ddim import Denoiser, NoiseSchedule
-from ddim.inversion import invert, normality, reconstruct, reconstruction_table
-from ddim.latent import edit, interpolate, lerp, path, slerp
+from ddim.ops.inversion import invert, normality, reconstruct, reconstruction_table
+from ddim.ops.latent import edit, interpolate, lerp, path, slerp
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,8 @@ def test_refined_inversion_is_exact_and_far_tighter(mix_setup):
     refined = reconstruct(den, x0, 50, refine=6)
     assert _rel(refined, x0) <= 1e-6
     assert float((refined - x0).pow(2).mean()) * 10 <= float((naive - x0).pow(2).mean())
-    invert(den, x0, 50, refine=6)
-    assert den.last_nfe == 50 * 7
+    _, stats = invert(den, x0, 50, refine=6, return_stats=True)
+    assert stats.nfe == 50 * 7
 
 
 def test_encodings_of_true_data_are_near_gaussian(mix_setup):
@@ -131,5 +131,5 @@ def test_edit_scale_zero_is_reconstruction(mix_setup):
 def test_sample_of_inversion_uses_same_top_timestep(mix_setup):
     _, den, x0 = mix_setup
     seen = []
-    invert(den, x0[:3], 20, callback=lambda d: seen.append(d["t"]))
+    invert(den, x0[:3], 20, callback=lambda d: seen.append(d.t))
     assert seen == sorted(seen) and seen[-1] == int(den.schedule.timesteps(20)[0])

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ddim import Denoiser, NoiseSchedule, metrics
-from ddim.likelihood import log_likelihood
 from ddim.models import mog3
+from ddim.ops.likelihood import log_likelihood
 
 
 def test_frechet_distance_zero_for_same_set_and_grows_with_shift():
@@ -65,8 +65,8 @@ def test_feature_extractor_loading_with_a_tiny_torchscript_network(tmp_path):
 
 
 def test_shipped_classifier_is_accurate():
-    from ddim.classifier import load_digits_classifier
-    from ddim.data import digits
+    from ddim.io.data import digits
+    from ddim.models.classifier import load_digits_classifier
 
     x, y = digits()
     clf = load_digits_classifier()
@@ -95,7 +95,7 @@ def test_pf_ode_likelihood_matches_true_density():
 
 @pytest.mark.parametrize("suite", ["quality", "speed", "eta-variance", "reconstruction"])
 def test_bench_quick_modes_write_reports(tmp_path, suite):
-    from ddim.bench_quality import run_suite
+    from ddim.bench.suites import run as run_suite
 
     report = run_suite(suite, tmp_path, quick=True)
     text = report.read_text()
@@ -107,7 +107,7 @@ def test_bench_quick_modes_write_reports(tmp_path, suite):
 
 
 def test_bench_overhead_cli_quick(tmp_path, capsys):
-    from ddim.cli import main
+    from ddim.app.cli import main
 
     assert main(["bench", "overhead", "--quick", "--steps", "10", "--out", str(tmp_path)]) == 0
     assert "µs/step" in (tmp_path / "report.md").read_text()

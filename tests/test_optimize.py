@@ -4,7 +4,7 @@ import torch
 
 from ddim import Denoiser, NoiseSchedule, optimize_timesteps, sample
 from ddim.models import mog3
-from ddim.reference import pf_ode_reference
+from ddim.ops.reference import pf_ode_reference
 
 
 def _setup():
@@ -34,17 +34,17 @@ def test_optimize_respects_nfe_budget_for_two_call_samplers():
     x_cal = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     res = optimize_timesteps(den, 9, "heun", x_cal, reference=pf_ode_reference(mix, x_cal, sched.alpha_bar(999)),
                              rounds=1)
-    sample(den, x_T=x_cal, timesteps=res.timesteps, sampler="heun")
-    assert den.last_nfe <= 9
+    _, stats = sample(den, x_T=x_cal, timesteps=res.timesteps, sampler="heun", return_stats=True)
+    assert stats.nfe <= 9
 
 
 def test_early_exit_saves_nfe_and_returns_x0():
     _, _, den = _setup()
     x_T = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    full = sample(den, x_T=x_T, steps=200)
-    assert den.early_exit_step is None and den.last_nfe == 200
-    early = sample(den, x_T=x_T, steps=200, early_exit_tol=0.05)
-    assert den.early_exit_step is not None and den.last_nfe < 200
+    full, st = sample(den, x_T=x_T, steps=200, return_stats=True)
+    assert st.early_exit_step is None and st.nfe == 200
+    early, st = sample(den, x_T=x_T, steps=200, early_exit_tol=0.05, return_stats=True)
+    assert st.early_exit_step is not None and st.nfe < 200
     assert float((early - full).pow(2).mean().sqrt()) < 0.1  # the error stays of the order of the tolerance
     import pytest
 
@@ -53,7 +53,7 @@ def test_early_exit_saves_nfe_and_returns_x0():
 
 
 def test_bench_solvers_quick(tmp_path):
-    from ddim.bench_solvers import run_solvers
+    from ddim.bench.solvers import run_solvers
 
     report = run_solvers(tmp_path, nfes=(5, 10), n=60, samplers=("ddim", "dpmpp_2m"), spacings=("trailing",),
                          optimize=True, log=lambda *a: None)

@@ -9,7 +9,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 from conftest import diffusers_loop, random_mlp
 from ddim import Denoiser, NoiseSchedule, sample
-from ddim.samplers import sample_ddim, sample_ddpm
+from ddim.core.samplers import sample_ddim, sample_ddpm
 
 BETAS = {"linear": {}, "scaled_linear": {"beta_start": 0.00085, "beta_end": 0.012}, "squaredcos_cap_v2": {}}
 
@@ -32,10 +32,10 @@ def test_ddim_eta0_matches_diffusers(beta_schedule, prediction_type, clip, spaci
     ref, den = _pair(beta_schedule, prediction_type, clip, spacing, net)
     x_T = torch.randn(16, 4, generator=torch.Generator().manual_seed(1))
     expected = diffusers_loop(ref, net, x_T, steps, eta=0.0)
-    ours = sample(den, x_T=x_T, steps=steps, sampler="ddim", eta=0.0)
+    ours, stats = sample(den, x_T=x_T, steps=steps, sampler="ddim", eta=0.0, return_stats=True)
     scale = max(1.0, float(expected.abs().max()))
     assert float((ours - expected).abs().max()) <= 1e-5 * scale
-    assert den.last_nfe == steps
+    assert stats.nfe == steps
 
 
 def _ddim_float64_reference(net, abar: np.ndarray, ts: list[int], x_T: torch.Tensor) -> torch.Tensor:
@@ -114,5 +114,5 @@ def test_ddim_step_matches_diffusers_eta_positive_with_given_noise():
     den = Denoiser(lambda x_, t_: eps, sched)
     seen = []
     sample_ddim(den, x, torch.tensor([899, 799]), generator=lambda: z, eta=0.7,
-                callback=lambda info: seen.append(info["x"].clone()))
+                callback=lambda info: seen.append(info.x.clone()))
     assert float((seen[0] - expected).abs().max()) < 1e-6

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from conftest import exact_denoiser, random_mlp
 from ddim import Denoiser, ModelOutputError, NoiseSchedule, sample
-from ddim.samplers import SAMPLERS, sample_ddim
+from ddim.core.samplers import SAMPLERS, sample_ddim
 
 SCHED = NoiseSchedule.linear(1000)
 
@@ -40,7 +40,7 @@ def test_q_sigma_keeps_marginals(t, gap, eta):
     x_t = math.sqrt(a) * x0 + math.sqrt(1 - a) * torch.randn(n, 1, generator=g, dtype=torch.float64)
     den = Denoiser(OracleGivenX0(x0, SCHED), SCHED)
     seen = []
-    sample_ddim(den, x_t, torch.tensor([t, t_prev]), generator=g, eta=eta, callback=lambda d: seen.append(d["x"]))
+    sample_ddim(den, x_t, torch.tensor([t, t_prev]), generator=g, eta=eta, callback=lambda d: seen.append(d.x))
     x_prev = seen[0]
     se = math.sqrt((1 - ap) / n)
     assert abs(float(x_prev.mean()) - math.sqrt(ap) * 0.7) < 5 * se
@@ -80,9 +80,10 @@ def test_eta_zero_is_deterministic_and_x_T_given_equals_drawn():
 
 def test_trajectory_and_nfe():
     den = Denoiser(random_mlp(4), SCHED)
-    x, traj = sample(den, (5, 4), steps=12, return_trajectory=True)
+    x, traj, stats = sample(den, (5, 4), steps=12, return_trajectory=True, return_stats=True)
     assert traj.shape == (13, 5, 4) and torch.equal(traj[-1], x)
-    assert den.last_nfe == 12
+    assert stats.nfe == 12
+    assert not hasattr(den, "nfe") and not hasattr(den, "last_nfe")  # the run reports counts, not the model
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
@@ -162,7 +163,7 @@ class NaNAt(torch.nn.Module):
 def test_nan_from_model_names_the_step():
     ts = SCHED.timesteps(10)
     den = Denoiser(NaNAt(int(ts[3])), SCHED)
-    with pytest.raises(ModelOutputError, match=rf"sampling step 3, timestep t={int(ts[3])}"):
+    with pytest.raises(ModelOutputError, match=rf"network call 4 \(timestep t={int(ts[3])}\)"):
         sample(den, (2, 3), steps=10)
 
 

@@ -7,6 +7,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from ddim import NoiseSchedule
+from ddim.io.config import schedule_from_config
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
@@ -75,18 +76,18 @@ def test_from_diffusers_config(tmp_path):
            "prediction_type": "v_prediction", "clip_sample": False}
     path = tmp_path / "scheduler_config.json"
     path.write_text(json.dumps(cfg))
-    s = NoiseSchedule.from_diffusers_config(path)
+    s = schedule_from_config(path)
     ref = DDIMScheduler.from_config(cfg)
     assert s.final_alpha_cumprod == pytest.approx(float(ref.final_alpha_cumprod), rel=1e-6)
     ref.set_timesteps(50)
     assert torch.equal(s.timesteps(50), ref.timesteps)
     with pytest.warns(UserWarning, match="unknown"):
-        NoiseSchedule.from_diffusers_config({"beta_schedule": "linear", "frobnicate": 3})
+        schedule_from_config({"beta_schedule": "linear", "frobnicate": 3})
     # missing keys take diffusers' defaults
-    d = NoiseSchedule.from_diffusers_config({})
+    d = schedule_from_config({})
     np.testing.assert_allclose(d.alphas_cumprod.numpy(), DDIMScheduler().alphas_cumprod.double().numpy(), rtol=2e-5)
     with pytest.raises(ValueError, match="beta_schedule"):
-        NoiseSchedule.from_diffusers_config({"beta_schedule": "sigmoid"})
+        schedule_from_config({"beta_schedule": "sigmoid"})
 
 
 @pytest.mark.parametrize("bad", [[5, 5, 1], [1, 5], [1000, 3], [-1], [], [3.5, 1.0]])

@@ -12,10 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ddim import Denoiser, NoiseSchedule, sample
-from ddim import checkpoint as ck
+from ddim import Denoiser, sample
+from ddim.io import checkpoint as ck
+from ddim.io.config import schedule_from_config
+from ddim.io.runs import load_run
 from ddim.models import mog3
-from ddim.train import TrainConfig, load_run, train
+from ddim.training.config import TrainConfig
+from ddim.training.train import train
 
 
 def _quiet(*a, **k):
@@ -28,11 +31,11 @@ def test_loss_falls_and_trained_model_beats_untrained(tmp_path):
     losses = ck.read_json(ck.latest_checkpoint(run) / "state.json")["losses"]
     assert np.mean(losses[-100:]) < 0.6 * np.mean(losses[:20])
     net, cfg = load_run(run)
-    sched = NoiseSchedule.from_diffusers_config(cfg["schedule"])
+    sched = schedule_from_config(cfg["schedule"])
     mix = mog3()
     trained = sample(Denoiser(net, sched), (500, 2), steps=50)
     torch.manual_seed(0)
-    from ddim.train import build_model
+    from ddim.models.registry import build_model
 
     untrained = sample(Denoiser(build_model(cfg["model"]).eval(), sched), (500, 2), steps=50)
     ll_t = float(mix.log_prob(trained.double()).mean())
@@ -77,7 +80,7 @@ def test_corrupt_truncated_and_pickle_checkpoints(tmp_path):
     ema = latest / "ema.safetensors"
     data = ema.read_bytes()
     ema.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ck.CheckpointError, match="not a valid safetensors"):
+    with pytest.raises(ck.CheckpointError, match="(damaged|not a valid|not a) safetensors"):
         load_run(run)
     ema.write_bytes(b"\x00" * 64)
     with pytest.raises(ck.CheckpointError):
@@ -158,7 +161,7 @@ def test_full_disk_mid_checkpoint_keeps_previous(tmp_path, monkeypatch):
 def test_image_folder_and_npz_data(tmp_path):
     from PIL import Image
 
-    from ddim.data import load
+    from ddim.io.data import load
 
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -176,7 +179,7 @@ def test_image_folder_and_npz_data(tmp_path):
 def test_config_file_and_cli_train(tmp_path, capsys):
     cfgf = tmp_path / "c.yaml"
     cfgf.write_text("data: moons\nsteps: 30\ncheckpoint_every: 15\n")
-    from ddim.cli import main
+    from ddim.app.cli import main
 
     assert main(["train", "--config", str(cfgf), "--steps", "20", "--out", str(tmp_path / "run")]) == 0
     saved = ck.read_json(tmp_path / "run" / "config.json")
@@ -206,7 +209,7 @@ def test_unet_run_exports_diffusers_layout_loadable_by_diffusers(tmp_path):
     ddim_pipe = DDIMPipeline(unet=pipe.unet, scheduler=DDIMScheduler.from_config(pipe.scheduler.config))
     assert ddim_pipe(batch_size=1, num_inference_steps=3, output_type="np").images.shape == (1, 8, 8, 1)
     # and we load theirs back
-    from ddim.interop import load
+    from ddim.io.interop import load
 
     den = load(folder)
     assert den.sample_shape == (1, 8, 8)
@@ -215,7 +218,7 @@ def test_unet_run_exports_diffusers_layout_loadable_by_diffusers(tmp_path):
 
 
 def test_demo_quick_mode_writes_report(tmp_path):
-    from ddim.demo import run_demo
+    from ddim.app.demo import run_demo
 
     report = run_demo(tmp_path / "demo", quick=True, log=_quiet)
     text = report.read_text()

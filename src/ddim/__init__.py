@@ -1,27 +1,42 @@
-"""ddim: fast, deterministic, tested sampling of diffusion models."""
+"""ddim: fast, deterministic, tested sampling of diffusion models.
 
-from . import metrics
-from .denoiser import Denoiser, ModelOutputError
-from .inversion import invert, reconstruct
-from .latent import edit, interpolate, lerp, slerp
-from .likelihood import log_likelihood
+Layers, each importing only those before it: core (paths, prediction, samplers, sample) → models → ops
+(inversion, latent edits, likelihood, schedule search, metrics) → io (files, configs, diffusers folders) →
+training → bench → app (CLI, demo).
+"""
+
+from .core import (
+    SAMPLERS,
+    CheckpointError,
+    ContinuousPath,
+    Denoiser,
+    ModelOutputError,
+    NoisePath,
+    NoiseSchedule,
+    RunStats,
+    SeededNoise,
+    StepInfo,
+    UsageError,
+    sample,
+)
 from .models.mixture import GaussianMixture
-from .noise import SeededNoise
-from .optimize import optimize_timesteps
-from .samplers import SAMPLERS, sample
-from .schedule import NoiseSchedule
+from .ops import metrics
+from .ops.inversion import invert, reconstruct
+from .ops.latent import edit, interpolate, lerp, slerp
+from .ops.likelihood import log_likelihood
+from .ops.optimize import optimize_timesteps
 
 __all__ = [
-    "SAMPLERS", "Denoiser", "GaussianMixture", "ModelOutputError", "NoiseSchedule", "SeededNoise", "edit",
-    "interpolate", "invert", "lerp", "load", "log_likelihood", "metrics", "optimize_timesteps", "reconstruct",
-    "sample", "slerp",
+    "SAMPLERS", "CheckpointError", "ContinuousPath", "Denoiser", "GaussianMixture", "ModelOutputError", "NoisePath",
+    "NoiseSchedule", "RunStats", "SeededNoise", "StepInfo", "UsageError", "edit", "interpolate", "invert", "lerp",
+    "load", "log_likelihood", "metrics", "optimize_timesteps", "reconstruct", "sample", "slerp",
 ]
 
 
 def load(path: str) -> Denoiser:
     """A Denoiser from a local diffusers folder (pipeline or UNet + scheduler config), a ddim run folder,
     or a built-in name (`digits`, `mixture:mog3`)."""
-    from .loader import load_model
+    from .io.loader import load_model
 
     return load_model(path).denoiser
 

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..schedule import NoiseSchedule
+from ..core.errors import UsageError
+from ..core.schedule import NoiseSchedule
 
 
 class GaussianMixture:
@@ -24,18 +25,18 @@ class GaussianMixture:
         mu = torch.as_tensor(means, dtype=torch.float64)
         cov = torch.as_tensor(covariances, dtype=torch.float64)
         if w.ndim != 1 or mu.ndim != 2 or cov.ndim != 3:
-            raise ValueError("weights (K,), means (K, D) and covariances (K, D, D) expected")
+            raise UsageError("weights (K,), means (K, D) and covariances (K, D, D) expected")
         K, D = mu.shape
         if w.shape[0] != K or cov.shape != (K, D, D):
-            raise ValueError(f"inconsistent shapes: weights {tuple(w.shape)}, means {tuple(mu.shape)}, "
+            raise UsageError(f"inconsistent shapes: weights {tuple(w.shape)}, means {tuple(mu.shape)}, "
                              f"covariances {tuple(cov.shape)}")
         if bool((w < 0).any()) or float(w.sum()) <= 0:
-            raise ValueError("weights must be non-negative with a positive sum")
+            raise UsageError("weights must be non-negative with a positive sum")
         if not torch.allclose(cov, cov.transpose(1, 2)):
-            raise ValueError("covariances must be symmetric")
+            raise UsageError("covariances must be symmetric")
         lam, U = torch.linalg.eigh(cov)
         if bool((lam <= 0).any()):
-            raise ValueError("covariances must be positive definite")
+            raise UsageError("covariances must be positive definite")
         self.weights = w / w.sum()
         self.means = mu
         self.covariances = cov
@@ -107,7 +108,7 @@ class MixtureEpsilon(nn.Module):
 
 def _as_2d(x: torch.Tensor, dim: int) -> torch.Tensor:
     if x.ndim != 2 or x.shape[1] != dim:
-        raise ValueError(f"expected points of shape (N, {dim}), got {tuple(x.shape)}")
+        raise UsageError(f"expected points of shape (N, {dim}), got {tuple(x.shape)}")
     return x
 
 

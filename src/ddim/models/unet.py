@@ -6,11 +6,13 @@ from typing import Any
 
 import torch
 
+from ..core.errors import UsageError
+
 
 def unet_config(image_size: int = 8, channels: int = 1) -> dict[str, Any]:
     """A small UNet2DModel config for 8×8 / 16×16 / 32×32 inputs (attention only at the lowest resolution)."""
     if image_size not in (8, 16, 32):
-        raise ValueError(f"small UNet configs exist for 8, 16 and 32 pixels, not {image_size}")
+        raise UsageError(f"small UNet configs exist for 8, 16 and 32 pixels, not {image_size}")
     if image_size == 8:
         blocks = (32, 64)
     elif image_size == 16:

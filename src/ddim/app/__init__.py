@@ -1,0 +1,1 @@
+"""The application layer: the `ddim` command line and the demo."""

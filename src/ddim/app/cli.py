@@ -1,0 +1,397 @@
+"""The `ddim` command. Bad input gives a one-line message and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..core.errors import UsageError
+from ..core.schedule import SPACINGS
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def _finite_nonneg(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {s}")
+    return v
+
+
+def _nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+    from ..core.samplers import SAMPLERS
+
+    p.add_argument("--model", default="mixture:mog3",
+                   help="model: mixture:mog3 (exact), a run folder, or a built-in name (default: %(default)s)")
+    p.add_argument("--steps", type=_positive_int, default=50,
+                   help="number of sampling steps, 1..T (default: %(default)s)")
+    p.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS), help="sampling method (default: %(default)s)")
+    p.add_argument("--eta", type=_finite_nonneg, default=None,
+                   help="DDIM noise scale: 0 deterministic (default), 1 DDPM-like; only for samplers that take eta")
+    p.add_argument("--spacing", default=None, choices=SPACINGS,
+                   help="timestep spacing (default: the model's, usually trailing)")
+    p.add_argument("--seed", type=_nonneg_int, default=0,
+                   help="seed of the first sample; sample i uses seed+i (default: 0)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
+
+
+def _sampler_options(args: argparse.Namespace) -> dict:
+    return {"eta": args.eta} if args.eta is not None else {}
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..io.checkpoint import atomic_save_npy
+    from ..io.distributed import DistInfo
+    from ..io.inputs import resolve_device
+    from ..io.loader import load_model
+    from ..io.plots import save_samples_figure
+    from ..io.sharding import draw
+
+    out = _npy_path(args.out)
+    device = resolve_device(args.device)
+    dist = DistInfo.from_env()
+    model = load_model(args.model)
+    model.to(device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        arr, stats = draw(model.denoiser, model.sample_shape, args.n, batch=args.batch, seed=args.seed,
+                          shard_folder=out.with_name(out.stem + ".shards"), dist=dist, steps=args.steps,
+                          sampler=args.sampler, spacing=args.spacing, device=device, **_sampler_options(args))
+    dt = time.perf_counter() - t0
+    if not dist.is_main:
+        return 0
+    atomic_save_npy(out, arr)
+    eta = f", eta={args.eta}" if args.eta is not None else ""
+    fig = save_samples_figure(torch.from_numpy(arr), out.with_suffix(".png"),
+                              f"{model.name}: {args.sampler}{eta} {args.steps} steps")
+    ranks = f" on {dist.world_size} ranks" if dist.active else ""
+    print(f"{args.n} samples from {model.name} with {args.sampler} ({args.steps} steps{eta}){ranks}: "
+          f"NFE {stats.nfe} per batch, {dt:.2f} s")
+    print(f"wrote {out} and {fig}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..training.config import TrainConfig
+    from ..training.train import train
+
+    overrides = {"data": args.data, "model": args.model, "steps": args.steps, "batch_size": args.batch_size,
+                 "lr": args.lr, "warmup": args.warmup, "grad_clip": args.grad_clip, "ema_decay": args.ema_decay,
+                 "seed": args.seed, "prediction_type": args.prediction_type, "schedule": args.schedule,
+                 "checkpoint_every": args.checkpoint_every, "image_size": args.image_size,
+                 "hidden": args.hidden, "depth": args.depth}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    cfg = TrainConfig.from_file(args.config, **given) if args.config else TrainConfig.from_dict(given, "flags")
+    t0 = time.perf_counter()
+    if args.resume is not None:  # the run's saved config rules; only --steps may extend it
+        run = train(None, args.resume, resume=True, steps=args.steps)
+    elif args.out is None:
+        raise UsageError("give --out RUN_FOLDER (or --resume RUN_FOLDER)")
+    else:
+        run = train(cfg, args.out)
+    print(f"trained {run} in {time.perf_counter() - t0:.1f} s")
+    print(f"wrote {run / 'config.json'}, checkpoints in {run}/ckpt-*, loss curve {run / 'loss.png'}")
+    if (run / "diffusers").is_dir():
+        print(f"diffusers pipeline folder: {run / 'diffusers'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, train_steps=args.train_steps, n=args.n, quick=args.quick)
+    return 0
+
+
+def _inputs(args: argparse.Namespace, sample_shape: tuple[int, ...]):
+    from ..io.inputs import load_inputs
+
+    return load_inputs(args.input or args.data, sample_shape, index=args.index, n=args.n)
+
+
+def _npy_path(out: str) -> Path:
+    path = Path(out)
+    if path.suffix != ".npy":
+        raise UsageError(f"--out must end in .npy, got {path}")
+    return path
+
+
+def cmd_invert(args: argparse.Namespace) -> int:
+    from ..core.sample import sample
+    from ..io.checkpoint import atomic_save_npy
+    from ..io.loader import load_model
+    from ..io.plots import save_pairs_figure
+    from ..ops.inversion import invert, normality
+
+    out = _npy_path(args.out)
+    model = load_model(args.model)
+    den = model.denoiser
+    x0 = _inputs(args, model.sample_shape)
+    t0 = time.perf_counter()
+    z, stats = invert(den, x0, args.steps, args.spacing, refine=args.refine, eta=args.eta, return_stats=True)
+    nfe = stats.nfe
+    rec = sample(den, x_T=z, steps=args.steps, spacing=args.spacing, progress=True)
+    dt = time.perf_counter() - t0
+    atomic_save_npy(out, z.cpu().numpy())
+    fig = save_pairs_figure(x0, rec, out.with_suffix(".png"), f"encode ({args.steps} steps, refine={args.refine}) "
+                                                             "→ decode")
+    st = normality(z)
+    mse = float((rec - x0).pow(2).mean())
+    print(f"encoded {x0.shape[0]} samples with {args.steps} steps, refine={args.refine}: NFE {nfe}, {dt:.2f} s")
+    print(f"round-trip per-dimension MSE {mse:.3e} (data variance {float(x0.var()):.3e}); encodings mean "
+          f"{st['mean']:+.3f}, var {st['var']:.3f}, KS vs N(0,1) {st['ks']:.3f}")
+    print(f"wrote {out} and {fig}")
+    return 0
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    from ..core.noise import SeededNoise
+    from ..io.loader import load_model
+    from ..io.plots import save_animation, save_strip
+    from ..ops.latent import interpolate
+
+    model = load_model(args.model)
+    den = model.denoiser
+    if args.seeds:
+        ends = SeededNoise(args.seeds, model.sample_shape).initial()
+        encode = False
+    else:
+        if not args.index or len(args.index) != 2:
+            raise UsageError("give --seeds A B (noise endpoints) or --index I J with --data/--input (data endpoints)")
+        ends = _inputs(args, model.sample_shape)
+        encode = True
+    xs = interpolate(den, ends[:1], ends[1:], args.n, method=args.method, encode=encode, steps=args.steps)
+    out = Path(args.out)
+    strip = save_strip(xs, out, f"{args.method} in noise space, {args.n} points, DDIM {args.steps} steps")
+    gif = save_animation(xs, out.with_suffix(".gif"))
+    print(f"wrote {strip} and {gif}")
+    return 0
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from ..io.inputs import load_direction
+    from ..io.loader import load_model
+    from ..io.plots import save_edit_grid
+    from ..ops.latent import edit
+
+    model = load_model(args.model)
+    den = model.denoiser
+    x0 = _inputs(args, model.sample_shape)
+    direction = load_direction(args.direction, den, model.sample_shape, examples=args.examples, steps=args.steps)
+    try:
+        scales = [float(v) for v in args.scales.split(",")]
+    except ValueError:
+        raise UsageError(f"--scales takes comma-separated numbers, got {args.scales!r}") from None
+    outs = edit(den, x0, direction, scales, steps=args.steps)
+    fig = save_edit_grid(outs, scales, Path(args.out))
+    print(f"edited {x0.shape[0]} samples along {args.direction} at scales {scales}")
+    print(f"wrote {fig}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ..bench.suites import run
+
+    command = "ddim " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else f"ddim bench {args.suite}"
+    run(args.suite, args.out, quick=args.quick, command=command, device=args.device, n=args.n,
+        steps_list=args.steps_list, steps=args.steps)
+    return 0
+
+
+def cmd_likelihood(args: argparse.Namespace) -> int:
+    from ..io.checkpoint import atomic_save_npy
+    from ..io.loader import load_model
+    from ..ops.likelihood import log_likelihood
+
+    out = _npy_path(args.out) if args.out else None
+    model = load_model(args.model)
+    x = _inputs(args, model.sample_shape)
+    x = x.double() if args.float64 else x
+    t0 = time.perf_counter()
+    ll = log_likelihood(model.denoiser, x, exact=args.exact, probes=args.probes, bits_per_dim=args.bits_per_dim)
+    unit = "bits/dim" if args.bits_per_dim else "nats"
+    print(f"{x.shape[0]} samples under {model.name}: mean {float(ll.mean()):.4f} {unit} "
+          f"(std {float(ll.std()) if ll.numel() > 1 else 0.0:.4f}), {time.perf_counter() - t0:.1f} s")
+    true = model.exact_log_likelihood(x, bits_per_dim=args.bits_per_dim)
+    if true is not None:
+        print(f"true value under the exact mixture: {float(true.mean()):.4f} {unit}")
+    if out is not None:
+        atomic_save_npy(out, ll.numpy())
+        print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ddim", description="Fast, deterministic sampling of diffusion models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample", help="draw samples from a model and write .npy + PNG",
+                       description="Draw samples with any sampler and timestep schedule; writes FILE.npy and FILE.png.")
+    _add_sampling_options(p)
+    p.add_argument("-n", "--n", type=_positive_int, default=1000,
+                   help="number of samples (default: %(default)s); under torchrun write -n, since torchrun's own "
+                        "parser claims every --n... prefix")
+    p.add_argument("--batch", type=_positive_int, default=1000,
+                   help="samples per batch; more samples than this (or torchrun) are written as resumable shards "
+                        "in OUT.shards/ (default: %(default)s)")
+    p.add_argument("--out", default="samples.npy", help="output .npy file; a PNG is written beside it")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("train", help="train a noise predictor with the DDPM objective",
+                       description="Train with L_simple, AdamW, warm-up + cosine decay, EMA; checkpoints are atomic "
+                                   "and --resume continues exactly where a run stopped.")
+    p.add_argument("--data", default=None, help="mog3, moons, swissroll, digits, a .npy/.npz file or an image folder")
+    p.add_argument("--model", default=None, choices=["auto", "mlp", "unet"], help="network (default: auto by data)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps (default 3000)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="batch size (default 256)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
+    p.add_argument("--warmup", type=_nonneg_int, default=None, help="linear warm-up steps (default 100)")
+    p.add_argument("--grad-clip", type=float, default=None, help="gradient-norm clip, 0 = off (default 1.0)")
+    p.add_argument("--ema-decay", type=float, default=None, help="EMA decay of the weights (default 0.999)")
+    p.add_argument("--seed", type=_nonneg_int, default=None, help="seed of every random draw (default 0)")
+    p.add_argument("--prediction-type", default=None, choices=["epsilon", "sample", "v_prediction"],
+                   help="what the network predicts (default epsilon)")
+    p.add_argument("--schedule", default=None, choices=["linear", "scaled_linear", "cosine"],
+                   help="beta schedule (default linear)")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps between checkpoints (500)")
+    p.add_argument("--image-size", type=_positive_int, default=None, help="resize images of a folder to this size")
+    p.add_argument("--hidden", type=_positive_int, default=None, help="MLP width (default 128)")
+    p.add_argument("--depth", type=_positive_int, default=None, help="MLP residual blocks (default 3)")
+    p.add_argument("--config", default=None, help="YAML/TOML file of config keys (flags override it)")
+    p.add_argument("--out", default=None, help="run folder to create")
+    p.add_argument("--resume", default=None, metavar="RUN", help="continue the run in this folder")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="the 2-D DDIM tutorial end to end, with a report",
+                       description="Train an MLP on mog3, then compare DDIM/DDPM samplers, check determinism and "
+                                   "decode a slerp path; writes report.md and PNGs.")
+    p.add_argument("--out", default="demo_out", help="output folder (default: %(default)s)")
+    p.add_argument("--train-steps", type=_positive_int, default=3000, help="training steps (default: %(default)s)")
+    p.add_argument("--n", type=_positive_int, default=1000, help="points per sampler (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="a fast smoke run (few training steps, small n)")
+    p.set_defaults(func=cmd_demo)
+
+    def add_latent(p: argparse.ArgumentParser, default_model: str = "digits") -> None:
+        p.add_argument("--model", default=default_model, help="model (default: %(default)s)")
+        p.add_argument("--steps", type=_positive_int, default=50,
+                       help="DDIM steps for encoding and decoding (default: 50)")
+        p.add_argument("--spacing", default=None, choices=SPACINGS, help="timestep spacing (default: the model's)")
+        p.add_argument("--data", default="digits", help="data to encode: a built-in name (default: digits)")
+        p.add_argument("--input", default=None, help="or a .npy/.npz file of samples to encode")
+        p.add_argument("--index", type=int, nargs="+", default=None, help="rows of the data to use")
+        p.add_argument("--n", type=_positive_int, default=16, help="number of rows when no --index (default 16)")
+
+    p = sub.add_parser("invert", help="encode data to noise with DDIM inversion (and check the round trip)",
+                       description="Encode data to x_T by running DDIM forward in time; writes the encodings "
+                                   "(.npy) and an original-vs-reconstruction picture.")
+    add_latent(p)
+    p.add_argument("--refine", type=_nonneg_int, default=3,
+                   help="fixed-point iterations per step (0 = naive inversion; default 3)")
+    p.add_argument("--eta", type=float, default=0.0, help="must be 0: inversion needs the deterministic sampler")
+    p.add_argument("--out", default="encodings.npy", help="output .npy of encodings; a PNG is written beside it")
+    p.set_defaults(func=cmd_invert)
+
+    p = sub.add_parser("interpolate", help="decode a slerp/lerp path between two endpoints (strip PNG + GIF)",
+                       description="Interpolate between two noise seeds (--seeds) or two data points "
+                                   "(--index I J, encoded first) and decode each point with DDIM.")
+    add_latent(p)
+    p.add_argument("--seeds", type=_nonneg_int, nargs=2, default=None, help="two noise seeds as endpoints")
+    p.add_argument("--method", default="slerp", choices=["slerp", "lerp"], help="path (default: slerp)")
+    p.set_defaults(n=10)
+    p.add_argument("--out", default="interpolation.png", help="strip PNG; an animated GIF is written beside it")
+    p.set_defaults(func=cmd_interpolate)
+
+    p = sub.add_parser("edit", help="encode, move along a latent direction, decode",
+                       description="Edit samples along a latent direction: class:A-B (mean digits encoding of "
+                                   "class A minus class B) or a .npy file holding the direction.")
+    add_latent(p)
+    p.add_argument("--direction", default="class:3-8", help="class:A-B or a .npy direction (default: %(default)s)")
+    p.add_argument("--scales", default="-1,-0.5,0,0.5,1", help="comma-separated scales (default: %(default)s)")
+    p.add_argument("--examples", type=_positive_int, default=64,
+                   help="examples per class for class directions (default 64)")
+    p.add_argument("--out", default="edit.png", help="output PNG grid (rows: samples, columns: scales)")
+    p.set_defaults(n=4)
+    p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("likelihood", help="log-likelihood of data through the probability-flow ODE",
+                       description="Per-sample log-likelihood (nats, or bits/dim) by integrating the PF-ODE with an "
+                                   "adaptive solver: exact divergence in low dimension, Hutchinson otherwise.")
+    add_latent(p, default_model="mixture:mog3")
+    p.set_defaults(data="mog3", n=200)
+    p.add_argument("--exact", action=argparse.BooleanOptionalAction, default=None,
+                   help="exact divergence (default: when the dimension is at most 16)")
+    p.add_argument("--probes", type=_positive_int, default=4, help="Hutchinson probes when not exact (default 4)")
+    p.add_argument("--bits-per-dim", action="store_true", help="report bits per dimension instead of nats")
+    p.add_argument("--float64", action="store_true", help="compute in float64")
+    p.add_argument("--out", default=None, help="optional .npy of per-sample values")
+    p.set_defaults(func=cmd_likelihood)
+
+    p = sub.add_parser("bench", help="benchmarks: overhead, solvers, quality, speed, eta-variance, reconstruction",
+                       description="Benchmarks that measure side by side in one run and write report.md + PNGs.")
+    p.add_argument("suite", choices=["overhead", "solvers", "quality", "speed", "eta-variance", "reconstruction"])
+    p.add_argument("--out", default="bench_out", help="output folder (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="a small, fast run (smoke test)")
+    p.add_argument("--steps", type=_positive_int, default=50,
+                   help="steps for the overhead suite (default 50)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--n", type=_positive_int, default=None, help="samples per cell for the quality suite (500)")
+    p.add_argument("--steps-list", type=int, nargs="+", default=None,
+                   help="step counts for the quality suite (default: 10 20 50 100 1000)")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a malformed flag (argparse has printed usage and the error)
+        return int(e.code or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, FloatingPointError, OSError) as e:  # bad input, a diverging run, an unusable file
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"ddim {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # e.g. a collective timed out because another rank died
+        print(f"ddim {args.command}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"ddim {args.command}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        from ..io.distributed import shutdown
+
+        shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

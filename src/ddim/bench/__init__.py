@@ -1,0 +1,1 @@
+"""Benchmark suites that measure side by side in one run and write report.md + PNGs."""

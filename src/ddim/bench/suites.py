@@ -1,0 +1,47 @@
+"""`ddim bench SUITE`: one entry point that runs a suite (quick or full preset) and writes OUT/report.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.errors import UsageError
+from ..io.checkpoint import atomic_write_bytes
+from .report import header
+
+SUITES = ("overhead", "solvers", "quality", "speed", "eta-variance", "reconstruction")
+
+
+def run(suite: str, out: str | Path, *, quick: bool = False, command: str = "", device: str = "cpu",
+        n: int | None = None, steps_list: list[int] | None = None, steps: int = 50) -> Path:
+    """Run one suite and write its report (and figures) into `out`; prints the report and where it went."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = command or f"ddim bench {suite}"
+    if suite == "overhead":
+        from .overhead import overhead_report
+
+        text = header("Sampler overhead", command) + "\n" + overhead_report(quick, steps, device)
+    elif suite == "solvers":
+        from .solvers import run_solvers
+
+        if quick:
+            return run_solvers(out, nfes=(5, 10), n=100, samplers=("ddim", "dpmpp_2m", "unipc"),
+                               spacings=("trailing", "logsnr"), command=command)
+        return run_solvers(out, command=command)
+    elif suite in ("quality", "eta-variance", "speed", "reconstruction"):
+        from . import quality as q
+
+        if suite == "quality":
+            text = q.quality(out, quick, command, n=n, steps_list=steps_list)
+        elif suite == "eta-variance":
+            text = q.eta_variance(out, quick, command)
+        elif suite == "speed":
+            text = q.speed(out, quick, command, device)
+        else:
+            text = q.reconstruction(out, quick, command)
+    else:
+        raise UsageError(f"unknown bench suite {suite!r}; choose one of {', '.join(SUITES)}")
+    atomic_write_bytes(out / "report.md", (text + "\n").encode())
+    print(text)
+    print(f"wrote {out / 'report.md'}")
+    return out / "report.md"

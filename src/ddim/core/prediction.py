@@ -1,0 +1,186 @@
+"""Denoiser: the prediction interface. One network output at level t → (ε̂, x̂0), whatever the network predicts.
+
+It does prediction maths only and holds no per-run state: counting network calls, the NaN check and early
+exit belong to the run (`ddim.core.run`). For x_t = α x0 + σ ε (any path):
+  epsilon:       x̂0 = (x − σ ε̂)/α                         (DDIM eq. 9)
+  sample:        ε̂ = (x − α x̂0)/σ
+  v_prediction:  v = α ε − σ x0, so x̂0 = (α x − σ v)/(α² + σ²), ε̂ = (σ x + α v)/(α² + σ²)  (Salimans & Ho 2022)
+Without clipping both are affine in (x, out): x̂0 = k1 x + k2 out, ε̂ = k3 x + k4 out, which samplers fold
+into their own precomputed float64 coefficients.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .errors import ModelOutputError, UsageError
+from .path import NoisePath
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+Affine = tuple[float, float, float, float]
+
+
+def affine_coefficients(prediction_type: str, alpha: float, sigma: float) -> Affine:
+    """(k1, k2, k3, k4) with x̂0 = k1 x + k2 out and ε̂ = k3 x + k4 out; NaN marks an undefined x̂0
+    (an epsilon model at α = 0)."""
+    if prediction_type == "epsilon":
+        return (1 / alpha, -sigma / alpha, 0.0, 1.0) if alpha > 0 else (math.nan, math.nan, 0.0, 1.0)
+    if prediction_type == "sample":
+        return (0.0, 1.0, 1 / sigma, -alpha / sigma) if sigma > 0 else (0.0, 1.0, 0.0, 0.0)
+    n = alpha * alpha + sigma * sigma
+    return (alpha / n, -sigma / n, sigma / n, alpha / n)
+
+
+class Denoiser:
+    """Wraps `net(x, t)` (a tensor or an object with `.sample`), its noise path and its prediction type."""
+
+    def __init__(
+        self,
+        net: Callable[..., Any] | None,
+        schedule: NoisePath,
+        prediction_type: str = "epsilon",
+        clip_sample: float | None = None,
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        sample_shape: tuple[int, ...] | None = None,
+    ) -> None:
+        if not isinstance(schedule, NoisePath):
+            raise UsageError(f"schedule must be a NoisePath (NoiseSchedule or ContinuousPath), "
+                             f"got {type(schedule).__name__}")
+        if prediction_type not in PREDICTION_TYPES:
+            raise UsageError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}")
+        if clip_sample is not None and not (clip_sample > 0 and math.isfinite(clip_sample)):
+            raise UsageError(f"clip_sample must be a positive number or None, got {clip_sample}")
+        if not 0 < dynamic_thresholding_ratio <= 1:
+            raise UsageError("dynamic_thresholding_ratio must lie in (0, 1]")
+        self.net = net
+        self.schedule = schedule
+        self.prediction_type = prediction_type
+        self.clip_sample = clip_sample
+        self.thresholding = thresholding
+        self.dynamic_thresholding_ratio = dynamic_thresholding_ratio
+        self.sample_max_value = sample_max_value
+        self.sample_shape = None if sample_shape is None else tuple(int(d) for d in sample_shape)
+        # memo tables (not run state): affine coefficients per level, time inputs per (device, batch, level)
+        self._affine: dict[float, Affine] = {}
+        self._t_cache: dict[tuple[torch.device, int, float], torch.Tensor] = {}
+
+    # ---------------------------------------------------------------------------------- the network
+    def check_input(self, x: torch.Tensor) -> None:
+        """A metadata check of x against the model's sample shape (no sync)."""
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise UsageError("x must be a floating-point tensor (batch first)")
+        if x.ndim < 2:
+            raise UsageError(f"x must have a batch dimension and at least one data dimension, got {tuple(x.shape)}")
+        if self.sample_shape is not None and tuple(x.shape[1:]) != self.sample_shape:
+            raise UsageError(f"x has shape {tuple(x.shape)}; this model takes (N, "
+                             f"{', '.join(map(str, self.sample_shape))})")
+
+    def time_input(self, t: float, x: torch.Tensor) -> torch.Tensor:
+        """The network's time argument for level t, cached per device, batch size and level."""
+        key = (x.device, x.shape[0], t)
+        v = self._t_cache.get(key)
+        if v is None:
+            if len(self._t_cache) > 4096:
+                self._t_cache.clear()
+            v = self._t_cache[key] = self.schedule.time_input(t, x.shape[0], x.device)
+        return v
+
+    def call_net(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """One network call at level t, shape-checked (no counting: the run counts)."""
+        try:
+            out = self.net(x, self.time_input(t, x))
+        except RuntimeError as e:  # shape/dtype mismatches inside the network
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ModelOutputError(f"the network failed on input of shape {tuple(x.shape)} "
+                                   f"at timestep t={t}: {msg}") from e
+        if not isinstance(out, torch.Tensor):
+            out = getattr(out, "sample", out)
+            if isinstance(out, tuple | list):
+                out = out[0]
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ModelOutputError(f"model output at timestep t={t} has shape {got}, expected {tuple(x.shape)}")
+        return out
+
+    # ------------------------------------------------------------------------------ prediction maths
+    def coeffs(self, t: float) -> Affine:
+        """The affine coefficients (k1, k2, k3, k4) at level t (memoised)."""
+        k = self._affine.get(t)
+        if k is None:
+            k = self._affine[t] = affine_coefficients(self.prediction_type, *self.schedule.alpha_sigma(t))
+        return k
+
+    @property
+    def is_affine(self) -> bool:
+        """True when x̂0 and ε̂ are affine in (x, output): no clipping or thresholding."""
+        return not self.thresholding and self.clip_sample is None
+
+    def combine(self, t: float, a: float, b: float, c: float) -> tuple[float, float]:
+        """(P, Q) with a·x + b·x̂0 + c·ε̂ = P·x + Q·out: a whole update in two tensor ops (affine case)."""
+        k1, k2, k3, k4 = self.coeffs(t)
+        if b != 0 and math.isnan(k1):
+            self._undefined_x0(t)
+        p = a + c * k3 + (b * k1 if b != 0 else 0.0)
+        q = c * k4 + (b * k2 if b != 0 else 0.0)
+        return p, q
+
+    def _undefined_x0(self, t: float) -> None:
+        raise UsageError(f"an epsilon-prediction model has no defined x̂0 at t={t} where α = 0 "
+                         "(zero terminal SNR); use v_prediction or a schedule with ᾱ > 0")
+
+    def split(self, x: torch.Tensor, t: float, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ε̂, x̂0) from a network output at level t, x̂0 clipped / thresholded as configured.
+
+        ε̂ stays the model's own; samplers may re-derive it from the clipped x̂0 (use_clipped_model_output).
+        """
+        k1, k2, k3, k4 = self.coeffs(t)
+        if math.isnan(k1):
+            self._undefined_x0(t)
+        x0 = out if (k1 == 0.0 and k2 == 1.0) else torch.add(x * k1, out, alpha=k2)
+        eps = out if (k3 == 0.0 and k4 == 1.0) else torch.add(x * k3, out, alpha=k4)
+        return eps, (x0 if self.is_affine else self.clip(x0))
+
+    def x0_from_output(self, x: torch.Tensor, t: float, out: torch.Tensor) -> torch.Tensor:
+        """x̂0 alone from a network output (clipping applied as configured)."""
+        k1, k2, _, _ = self.coeffs(t)
+        if math.isnan(k1):
+            self._undefined_x0(t)
+        x0 = out if (k1 == 0.0 and k2 == 1.0) else torch.add(out * k2, x, alpha=k1)
+        return x0 if self.is_affine else self.clip(x0)
+
+    def eps_from_output(self, x: torch.Tensor, t: float, out: torch.Tensor) -> torch.Tensor:
+        """ε̂ alone from a network output."""
+        _, _, k3, k4 = self.coeffs(t)
+        return out if (k3 == 0.0 and k4 == 1.0) else torch.add(x * k3, out, alpha=k4)
+
+    def eps_from_x0(self, x: torch.Tensor, t: float, x0: torch.Tensor) -> torch.Tensor:
+        """ε = (x_t − α x0)/σ: the noise direction consistent with x0."""
+        a, s = self.schedule.alpha_sigma(t)
+        if s == 0.0:
+            return torch.zeros_like(x)
+        return torch.add(x, x0, alpha=-a).div_(s)
+
+    def clip(self, x0: torch.Tensor) -> torch.Tensor:
+        """Static clipping to [-c, c], or dynamic thresholding (Saharia et al. 2022) per sample."""
+        if self.thresholding:
+            flat = x0.reshape(x0.shape[0], -1)
+            work = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
+            s = torch.quantile(work.abs(), self.dynamic_thresholding_ratio, dim=1)
+            s = s.clamp(min=1.0, max=self.sample_max_value).unsqueeze(1)
+            return (torch.maximum(torch.minimum(work, s), -s) / s).to(x0.dtype).reshape(x0.shape)
+        c = self.clip_sample
+        return x0.clamp(-c, c)
+
+    def device(self) -> torch.device:
+        """The device of the network's parameters (CPU for parameter-free callables)."""
+        params = getattr(self.net, "parameters", None)
+        if callable(params):
+            for p in params():
+                return p.device
+        return torch.device("cpu")

@@ -1,0 +1,140 @@
+"""diffusers scheduler configs ⇄ our noise schedule and Denoiser options, validated at this one boundary.
+
+Missing keys take diffusers' DDIMScheduler defaults; unknown keys are ignored with a warning; a key of the
+wrong type is a one-line `UsageError` naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import UsageError
+from ..core.prediction import PREDICTION_TYPES, Denoiser
+from ..core.schedule import SPACINGS, NoiseSchedule
+
+# key: (accepted types, default); bool is checked before int (a bool is an int in Python)
+_SCHEDULE_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "num_train_timesteps": ((int,), 1000),
+    "beta_start": ((float, int), 0.0001),
+    "beta_end": ((float, int), 0.02),
+    "beta_schedule": ((str,), "linear"),
+    "trained_betas": ((list, type(None)), None),
+    "set_alpha_to_one": ((bool,), True),
+    "steps_offset": ((int,), 0),
+    "rescale_betas_zero_snr": ((bool,), False),
+    "timestep_spacing": ((str,), "leading"),
+    "prediction_type": ((str,), "epsilon"),
+    "clip_sample": ((bool,), False),
+    "clip_sample_range": ((float, int), 1.0),
+    "thresholding": ((bool,), False),
+    "dynamic_thresholding_ratio": ((float, int), 0.995),
+    "sample_max_value": ((float, int), 1.0),
+}
+# Keys understood elsewhere (sampler options, bookkeeping): accepted without a warning, not type-checked here.
+_OTHER_KEYS = {
+    "_class_name", "_diffusers_version", "variance_type", "skip_prk_steps", "solver_order", "algorithm_type",
+    "solver_type", "lower_order_final", "use_karras_sigmas", "predict_x0", "disable_corrector", "solver_p",
+    "euler_at_final", "final_sigmas_type", "use_lu_lambdas", "use_exponential_sigmas", "use_beta_sigmas",
+    "use_flow_sigmas", "lambda_min_clipped", "flow_shift", "shift", "time_shift_type", "timestep_type",
+    "_use_default_values",
+}
+SCHEDULE_CONFIG_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                        "set_alpha_to_one", "steps_offset", "rescale_betas_zero_snr", "timestep_spacing")
+
+
+def read_scheduler_config(config: dict[str, Any] | str | Path) -> tuple[dict[str, Any], str]:
+    """(validated config with defaults filled in, where it came from) from a dict or a scheduler_config.json."""
+    where = "scheduler config"
+    if not isinstance(config, dict):
+        path = Path(config)
+        if path.is_dir():
+            path = path / "scheduler_config.json"
+        where = str(path)
+        try:
+            config = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UsageError(f"no scheduler config at {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UsageError(f"{path} is not valid JSON: {e}") from None
+        if not isinstance(config, dict):
+            raise UsageError(f"{path} does not hold a JSON object")
+    unknown = sorted(set(config) - set(_SCHEDULE_KEYS) - _OTHER_KEYS)
+    if unknown:
+        warnings.warn(f"{where}: ignoring unknown scheduler config keys: {', '.join(unknown)}", stacklevel=3)
+    out: dict[str, Any] = {}
+    for key, (types, default) in _SCHEDULE_KEYS.items():
+        v = config.get(key, default)
+        ok = isinstance(v, types) and not (isinstance(v, bool) and bool not in types)
+        if not ok or (isinstance(v, float) and not math.isfinite(v)):
+            want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise UsageError(f"{where}: {key} must be {want}, got {json.dumps(v)[:60]}")
+        out[key] = v
+    if out["prediction_type"] not in PREDICTION_TYPES:
+        raise UsageError(f"{where}: unknown prediction_type {out['prediction_type']!r}; choose one of "
+                         f"{', '.join(PREDICTION_TYPES)}")
+    if out["timestep_spacing"] not in SPACINGS:
+        raise UsageError(f"{where}: unknown timestep_spacing {out['timestep_spacing']!r}")
+    if out["num_train_timesteps"] < 1:
+        raise UsageError(f"{where}: num_train_timesteps must be >= 1")
+    if out["trained_betas"] is not None and not all(isinstance(b, int | float) and not isinstance(b, bool)
+                                                   for b in out["trained_betas"]):
+        raise UsageError(f"{where}: trained_betas must be a list of numbers")
+    return out, where
+
+
+def schedule_from_config(config: dict[str, Any] | str | Path) -> NoiseSchedule:
+    """The noise schedule of a diffusers scheduler config (dict, file, or folder holding scheduler_config.json)."""
+    c, where = read_scheduler_config(config)
+    T, rescale, spacing = c["num_train_timesteps"], c["rescale_betas_zero_snr"], c["timestep_spacing"]
+    kw = {"steps_offset": c["steps_offset"], "spacing": spacing}
+    kind = c["beta_schedule"]
+    try:
+        if c["trained_betas"] is not None:
+            betas = np.asarray(c["trained_betas"], dtype=np.float64)
+            sched = NoiseSchedule._from_betas_rescaled(betas, rescale, {"trained_betas": betas.tolist()},
+                                                       "trained_betas", **kw)
+        elif kind == "linear":
+            sched = NoiseSchedule.linear(T, c["beta_start"], c["beta_end"], rescale_zero_terminal_snr=rescale, **kw)
+        elif kind == "scaled_linear":
+            sched = NoiseSchedule.scaled_linear(T, c["beta_start"], c["beta_end"], rescale_zero_terminal_snr=rescale,
+                                                **kw)
+        elif kind == "squaredcos_cap_v2":
+            sched = NoiseSchedule.cosine(T, rescale_zero_terminal_snr=rescale, **kw)
+        else:
+            raise UsageError(f"unsupported beta_schedule {kind!r} (linear, scaled_linear, squaredcos_cap_v2)")
+    except UsageError as e:
+        raise UsageError(f"{where}: {e}") from None
+    if not c["set_alpha_to_one"]:
+        sched.final_alpha_cumprod = sched.alpha_bar(0)
+    sched.config.update({"set_alpha_to_one": c["set_alpha_to_one"], "steps_offset": sched.steps_offset,
+                         "timestep_spacing": spacing})
+    return sched
+
+
+def schedule_to_config(sched: NoiseSchedule) -> dict[str, Any]:
+    """A scheduler config diffusers' schedulers accept (betas written out when not a named schedule)."""
+    cfg = {k: v for k, v in sched.config.items() if k in SCHEDULE_CONFIG_KEYS}
+    if "beta_schedule" not in cfg and "trained_betas" not in cfg:
+        cfg["trained_betas"] = sched.betas.tolist()
+    cfg["num_train_timesteps"] = sched.T
+    cfg["set_alpha_to_one"] = sched.final_alpha_cumprod == 1.0
+    cfg["steps_offset"] = sched.steps_offset
+    cfg["timestep_spacing"] = sched.spacing if sched.spacing in ("leading", "trailing", "linspace") else "trailing"
+    return cfg
+
+
+def denoiser_from_config(net: Callable[..., Any] | None, config: dict[str, Any] | str | Path,
+                         sample_shape: tuple[int, ...] | None = None) -> Denoiser:
+    """A Denoiser with the schedule and prediction options of a diffusers scheduler config."""
+    c, _ = read_scheduler_config(config)
+    clip = float(c["clip_sample_range"]) if c["clip_sample"] else None
+    return Denoiser(net, schedule_from_config(c), prediction_type=c["prediction_type"], clip_sample=clip,
+                    thresholding=c["thresholding"], dynamic_thresholding_ratio=float(c["dynamic_thresholding_ratio"]),
+                    sample_max_value=float(c["sample_max_value"]), sample_shape=sample_shape)

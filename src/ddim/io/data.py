@@ -1,0 +1,104 @@
+"""Built-in data sets and user data, as float32 tensors (2-D points, or images (N, C, H, W) in [-1, 1])."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.errors import UsageError
+from ..models.mixture import GaussianMixture, mog3
+
+BUILTIN = ("mog3", "moons", "swissroll", "digits")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def mixture(name: str) -> GaussianMixture:
+    """The exact mixture behind a built-in data set (only `mog3` has one)."""
+    if name != "mog3":
+        raise UsageError(f"no exact mixture for {name!r} (only 'mog3')")
+    return mog3()
+
+
+def load(name: str, n: int | None = None, seed: int = 42, image_size: int | None = None) -> torch.Tensor:
+    """A built-in data set by name, or a user file/folder: .npy, .npz, or a folder of images."""
+    if name == "mog3":
+        # the tutorial's data: 300 points drawn with seed 42
+        g = torch.Generator().manual_seed(seed)
+        return mog3().sample(300 if n is None else n, generator=g).float()
+    if name == "moons":
+        from sklearn.datasets import make_moons
+
+        x, _ = make_moons(n_samples=2000 if n is None else n, noise=0.06, random_state=seed)
+        return torch.from_numpy(((x - [0.5, 0.25]) * 1.5).astype(np.float32))
+    if name == "swissroll":
+        from sklearn.datasets import make_swiss_roll
+
+        x, _ = make_swiss_roll(n_samples=2000 if n is None else n, noise=0.4, random_state=seed)
+        return torch.from_numpy((x[:, [0, 2]] / 5.0).astype(np.float32))
+    if name == "digits":
+        x = digits()[0]
+        return x if n is None else x[:n]
+    path = Path(name)
+    if path.suffix in (".npy", ".npz") and path.is_file():
+        return _load_array(path)
+    if path.is_dir():
+        return load_image_folder(path, image_size)
+    raise UsageError(f"unknown dataset {name!r}: use one of {', '.join(BUILTIN)}, a .npy/.npz file or an image folder")
+
+
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """sklearn's 8×8 digits as (N, 1, 8, 8) in [-1, 1] and their labels."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy((d.images / 16.0 * 2.0 - 1.0).astype(np.float32))[:, None]
+    return x, torch.from_numpy(d.target.astype(np.int64))
+
+
+def _load_array(path: Path) -> torch.Tensor:
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.keys())
+                if not keys:
+                    raise UsageError(f"{path} holds no arrays")
+                arr = z["x"] if "x" in keys else z[keys[0]]
+        else:
+            arr = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
+    if arr.dtype.kind not in "fiu" or arr.ndim < 2 or arr.shape[0] < 1:
+        raise UsageError(f"{path}: expected a numeric array (N, ...) with N >= 1, got {arr.dtype} {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise UsageError(f"{path} contains NaN or inf")
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+
+
+def load_image_folder(path: Path, image_size: int | None = None) -> torch.Tensor:
+    """All images in a folder, resized to image_size (if given), as (N, C, H, W) in [-1, 1]."""
+    from PIL import Image
+
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+    arrays, modes = [], set()
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im = im.convert("L" if im.mode in ("L", "1", "I", "F") else "RGB")
+                if image_size is not None:
+                    im = im.resize((image_size, image_size), Image.BICUBIC)
+                modes.add(im.mode)
+                arrays.append(np.asarray(im, dtype=np.float32))
+        except OSError as e:
+            raise UsageError(f"cannot read image {f}: {e}") from None
+    if len(modes) > 1:
+        raise UsageError(f"{path} mixes grayscale and colour images; convert them or pass one kind")
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise UsageError(f"images in {path} have mixed sizes {sorted(shapes)}; pass --image-size to resize")
+    x = np.stack(arrays)
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    return torch.from_numpy(x / 127.5 - 1.0)

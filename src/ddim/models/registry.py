@@ -1,0 +1,47 @@
+"""Network specs ({"type", "config"}) ⇄ networks: what a run folder records and how it is rebuilt."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..core.errors import CheckpointError, UsageError
+
+
+def model_spec(kind: str, sample_shape: tuple[int, ...], hidden: int = 128, depth: int = 3) -> dict[str, Any]:
+    """The network's type and constructor config, derived from the data shape."""
+    if kind == "auto":
+        kind = "mlp" if len(sample_shape) == 1 else "unet"
+    if kind == "mlp":
+        if len(sample_shape) != 1:
+            raise UsageError(f"the MLP takes vectors, the data has sample shape {sample_shape}")
+        return {"type": "mlp", "config": {"dim": sample_shape[0], "hidden": hidden, "depth": depth}}
+    if len(sample_shape) != 3 or sample_shape[1] != sample_shape[2]:
+        raise UsageError(f"the UNet takes square images (C, H, W), the data has sample shape {sample_shape}")
+    from .unet import unet_config
+
+    return {"type": "unet", "config": unet_config(sample_shape[1], sample_shape[0])}
+
+
+def build_model(spec: Any) -> torch.nn.Module:
+    """The network a spec describes; a malformed spec (e.g. from a run folder's config.json) is a CheckpointError."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("config"), dict):
+        raise CheckpointError(f"model spec must be an object with 'type' and 'config', got {str(spec)[:60]}")
+    try:
+        return _build(spec)
+    except (TypeError, ValueError, RuntimeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"model spec {spec.get('type')!r} has an invalid config: {msg}") from None
+
+
+def _build(spec: dict[str, Any]) -> torch.nn.Module:
+    if spec.get("type") == "mlp":
+        from .mlp import MLP
+
+        return MLP(**spec["config"])
+    if spec.get("type") == "unet":
+        from diffusers import UNet2DModel
+
+        return UNet2DModel(**spec["config"])
+    raise CheckpointError(f"unknown model type {spec.get('type')!r} in run config")

@@ -1,0 +1,130 @@
+"""The training configuration: every field that defines a run, validated at the boundary (files, flags, run folders)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import UsageError
+from ..core.schedule import NoiseSchedule
+
+SCHEDULES = ("linear", "scaled_linear", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; saved resolved as `config.json` in the run folder."""
+
+    data: str = "mog3"
+    model: str = "auto"  # "mlp" for vectors, "unet" for images; auto picks by data shape
+    steps: int = 3000
+    batch_size: int = 256
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    prediction_type: str = "epsilon"
+    schedule: str = "linear"
+    num_train_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    checkpoint_every: int = 500
+    image_size: int | None = None
+    hidden: int = 128
+    depth: int = 3
+    n_data: int | None = None
+
+    def validate(self, where: str = "training config") -> None:
+        """Types first (one message naming the key), then ranges."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            want = _TYPES[f.name]
+            want = (*want, int) if float in want else want
+            ok = isinstance(v, want) and not (isinstance(v, bool) and bool not in want)
+            if not ok or (isinstance(v, float) and not math.isfinite(v)):
+                names = " or ".join("null" if t is type(None) else t.__name__ for t in want)
+                raise UsageError(f"{where}: {f.name} must be {names}, got {v!r}")
+        if self.hidden < 1 or self.depth < 1:
+            raise UsageError(f"{where}: hidden and depth must be >= 1")
+        if self.warmup < 0 or self.num_train_timesteps < 2 or (self.n_data is not None and self.n_data < 1):
+            raise UsageError(f"{where}: warmup must be >= 0, num_train_timesteps >= 2, n_data >= 1")
+        if not (0 < self.beta_start < self.beta_end < 1) or self.grad_clip < 0 or self.weight_decay < 0:
+            raise UsageError(f"{where}: need 0 < beta_start < beta_end < 1, grad_clip >= 0, weight_decay >= 0")
+        if self.image_size is not None and self.image_size < 1:
+            raise UsageError(f"{where}: image_size must be >= 1")
+        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise UsageError("steps, batch_size and checkpoint_every must be >= 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"lr must be a positive number, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise UsageError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.prediction_type not in ("epsilon", "sample", "v_prediction"):
+            raise UsageError(f"unknown prediction_type {self.prediction_type!r}")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
+        if self.model not in ("auto", "mlp", "unet"):
+            raise UsageError(f"unknown model {self.model!r}; choose auto, mlp or unet")
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Read a YAML or TOML file whose keys are TrainConfig fields; `overrides` win."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read config {path}: {e}") from None
+        if path.suffix in (".toml",):
+            import tomllib
+
+            try:
+                raw = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as e:
+                raise UsageError(f"{path} is not valid TOML: {e}") from None
+        else:
+            import yaml
+
+            try:
+                raw = yaml.safe_load(text) or {}
+            except yaml.YAMLError as e:  # includes !!python tags, which safe_load refuses (never executes)
+                msg = " ".join(str(e).split())
+                raise UsageError(f"{path} is not plain YAML: {msg[:160]}") from None
+        if not isinstance(raw, dict):
+            raise UsageError(f"{path} must hold a mapping of config keys")
+        return cls.from_dict({**raw, **{k: v for k, v in overrides.items() if v is not None}}, str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "training config") -> TrainConfig:
+        """A validated config from a mapping: unknown keys and wrong types are one-line errors naming the key."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise UsageError(f"{where}: unknown config keys {unknown}; known: {', '.join(sorted(known))}")
+        raw = {k: (float(v) if _TYPES[k] == (float,) and isinstance(v, int) and not isinstance(v, bool) else v)
+               for k, v in raw.items()}
+        cfg = cls(**raw)
+        cfg.validate(where)
+        return cfg
+
+
+def build_schedule(cfg: TrainConfig) -> NoiseSchedule:
+    T = cfg.num_train_timesteps
+    if cfg.schedule == "cosine":
+        return NoiseSchedule.cosine(T)
+    ctor = NoiseSchedule.linear if cfg.schedule == "linear" else NoiseSchedule.scaled_linear
+    return ctor(T, cfg.beta_start, cfg.beta_end)
+
+
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "data": (str,), "model": (str,), "steps": (int,), "batch_size": (int,), "lr": (float,), "warmup": (int,),
+    "weight_decay": (float,), "grad_clip": (float,), "ema_decay": (float,), "seed": (int,),
+    "prediction_type": (str,), "schedule": (str,), "num_train_timesteps": (int,), "beta_start": (float,),
+    "beta_end": (float,), "checkpoint_every": (int,), "image_size": (int, type(None)), "hidden": (int,),
+    "depth": (int,), "n_data": (int, type(None)),
+}

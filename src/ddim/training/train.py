@@ -1,0 +1,225 @@
+"""Training with the DDPM objective L_simple (Ho et al. 2020, eq. 14), EMA, AdamW, atomic checkpoints, resume.
+
+Every random draw (batch indices, t, noise) comes from one torch.Generator whose state is checkpointed,
+and the learning rate is a pure function of the step, so a run killed at any point and resumed from its
+last checkpoint ends with exactly the weights of an uninterrupted run. Under `torchrun` the same loop
+runs as DDP (each rank draws its own share of the batch; rank 0 writes checkpoints).
+`train` is four steps: resolve the config (new or resumed), set up the state, run the loop, finish.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..core.errors import CheckpointError, UsageError
+from ..io import checkpoint as ck
+from ..io.config import schedule_to_config
+from ..io.distributed import DistInfo
+from ..io.runs import check_run_config
+from ..models.registry import build_model, model_spec
+from .config import TrainConfig, build_schedule
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 0 (a pure function of the step: resumable)."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def loss_target(pred_type: str, x0: torch.Tensor, noise: torch.Tensor, sa: torch.Tensor, s1: torch.Tensor
+                ) -> torch.Tensor:
+    if pred_type == "epsilon":
+        return noise
+    if pred_type == "sample":
+        return x0
+    return sa * noise - s1 * x0  # v = sqrt(ᾱ) ε - sqrt(1-ᾱ) x0
+
+
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def _output(out: Any) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else out.sample
+
+
+def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, steps: int | None = None,
+          progress: bool = True, log: Any = print) -> Path:
+    """Train a new run in folder `out` with `cfg`, or resume it (`resume=True`: the run's saved config is
+    used; `steps` may extend it). Returns the run folder."""
+    dist = DistInfo.from_env()
+    run = Path(out)
+    cfg = resolve_config(cfg, run, resume, steps)
+    state = setup(cfg, run, dist, ck.latest_checkpoint(run) if resume else None, log)
+    train_loop(cfg, run, state, dist, progress)
+    if dist.is_main:
+        finish(cfg, run, state)
+    return run
+
+
+def resolve_config(cfg: TrainConfig | None, run: Path, resume: bool, steps: int | None) -> TrainConfig:
+    """The run's saved config when resuming (only `steps` may change), else the given one; validated."""
+    if resume:
+        if not (run / "config.json").is_file():
+            raise CheckpointError(f"{run} is not a run folder (no config.json)")
+        where = str(run / "config.json")
+        saved = check_run_config(ck.read_json(run / "config.json"), where)
+        if not isinstance(saved.get("train"), dict):
+            raise CheckpointError(f"{where}: 'train' must be an object of training config keys")
+        cfg = TrainConfig.from_dict(saved["train"], where)
+    else:
+        if cfg is None:
+            raise UsageError("a new run needs a TrainConfig")
+        if (run / "latest").exists():
+            raise UsageError(f"{run} already holds a run; use --resume to continue it or pick another --out")
+    if steps is not None:
+        cfg = dataclasses.replace(cfg, steps=steps)
+    cfg.validate()
+    return cfg
+
+
+@dataclass
+class TrainState:
+    """Everything the loop updates: data, networks, optimizer, the one generator, the step and the losses."""
+
+    x_data: torch.Tensor
+    spec: dict[str, Any]
+    net: torch.nn.Module
+    ema: torch.nn.Module
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    start: int
+    losses: list[float]
+
+
+def setup(cfg: TrainConfig, run: Path, dist: DistInfo, latest: Path | None, log: Any) -> TrainState:
+    """Data, networks, optimizer and generator, restored from `latest` when resuming; writes config.json."""
+    from ..io import data as data_mod
+
+    x_data = data_mod.load(cfg.data, n=cfg.n_data, image_size=cfg.image_size)
+    sample_shape = tuple(x_data.shape[1:])
+    spec = model_spec(cfg.model, sample_shape, cfg.hidden, cfg.depth)
+    torch.manual_seed(cfg.seed)
+    net = build_model(spec)
+    ema = build_model(spec)
+    ema.load_state_dict(net.state_dict())
+    ema.requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed + 1000003 * dist.rank)
+    state = TrainState(x_data, spec, net, ema, opt, gen, 0, [])
+    if latest is not None:
+        ck.load_state_into(net, latest / "model.safetensors")
+        ck.load_state_into(ema, latest / "ema.safetensors")
+        ck.restore_optimizer(opt, latest / "optimizer.safetensors")
+        rng = ck.load_tensors(latest / "rng.safetensors")
+        key = f"rank{dist.rank}"
+        if key not in rng:
+            raise CheckpointError(f"{latest} has no RNG state for {key} (resumed with a different world size?)")
+        gen.set_state(rng[key])
+        saved = ck.read_json(latest / "state.json")
+        state.start, state.losses = int(saved["step"]), list(saved.get("losses", []))
+        if dist.is_main:
+            log(f"resuming {run} from step {state.start}")
+    if dist.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        ck.atomic_write_json(run / "config.json", {
+            "format_version": ck.FORMAT_VERSION, "train": dataclasses.asdict(cfg), "model": spec,
+            "schedule": schedule_to_config(build_schedule(cfg)), "prediction_type": cfg.prediction_type,
+            "sample_shape": list(sample_shape)})
+    return state
+
+
+def train_loop(cfg: TrainConfig, run: Path, st: TrainState, dist: DistInfo, progress: bool) -> None:
+    """Optimizer steps from st.start to cfg.steps, checkpointing every cfg.checkpoint_every steps."""
+    model = dist.wrap(st.net)
+    abar = build_schedule(cfg).alphas_cumprod.float()
+    N = st.x_data.shape[0]
+    per_rank = dist.share(cfg.batch_size)
+    bar = None
+    if progress and dist.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=st.start, desc="train", dynamic_ncols=True)
+    t_start = time.perf_counter()
+    ema_params = list(st.ema.parameters())
+    net_params = list(st.net.parameters())
+    for step in range(st.start, cfg.steps):
+        idx = torch.randint(0, N, (per_rank,), generator=st.gen)
+        x0 = st.x_data[idx]
+        t = torch.randint(0, cfg.num_train_timesteps, (per_rank,), generator=st.gen)
+        noise = torch.randn(x0.shape, generator=st.gen)
+        sa, s1 = _bcast(abar[t].sqrt(), x0), _bcast((1 - abar[t]).sqrt(), x0)
+        x_t = sa * x0 + s1 * noise  # q(x_t | x_0), DDPM eq. 4
+        loss = F.mse_loss(_output(model(x_t, t)), loss_target(cfg.prediction_type, x0, noise, sa, s1))
+        for g in st.opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        st.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(net_params, cfg.grad_clip)
+        st.opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, [p.detach() for p in net_params], 1 - decay)
+        lv = dist.mean(loss.detach())
+        if not math.isfinite(lv):
+            raise FloatingPointError(f"training loss became {lv} at step {step}; lower --lr or check the data")
+        st.losses.append(lv)
+        done = step + 1
+        if bar is not None:
+            bar.update(1)
+            if done % 20 == 0 or done == cfg.steps:
+                bar.set_postfix(loss=f"{sum(st.losses[-50:]) / len(st.losses[-50:]):.4f}",
+                                sps=f"{(done - st.start) / (time.perf_counter() - t_start):.0f}")
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            rng_all = dist.gather_states(st.gen.get_state())
+            if dist.is_main:
+                save_run_checkpoint(run, done, st.net, st.ema, st.opt, rng_all, st.losses)
+            dist.barrier()
+    if bar is not None:
+        bar.close()
+
+
+def finish(cfg: TrainConfig, run: Path, st: TrainState) -> None:
+    """After the loop: the loss curve, and a diffusers pipeline folder for UNet runs."""
+    from ..io.plots import curves
+
+    smooth = _smooth(st.losses)
+    curves({"loss (smoothed)": (list(range(1, len(smooth) + 1)), smooth)}, run / "loss.png", "step",
+           "L_simple", logy=True, title=f"{cfg.data}: training loss")
+    if st.spec["type"] == "unet":
+        ck.export_diffusers(st.ema, schedule_to_config(build_schedule(cfg)), run / "diffusers",
+                            {"prediction_type": cfg.prediction_type, "clip_sample": False})
+
+
+def save_run_checkpoint(run: Path, step: int, net: torch.nn.Module, ema: torch.nn.Module,
+                        opt: torch.optim.Optimizer, rng: dict[str, torch.Tensor], losses: list[float]) -> Path:
+    opt_t, opt_meta = ck.optimizer_tensors(opt)
+    return ck.write_checkpoint(
+        run, step,
+        files={"model.safetensors": net.state_dict(), "ema.safetensors": ema.state_dict(),
+               "optimizer.safetensors": opt_t, "rng.safetensors": rng},
+        metas={"optimizer.safetensors": opt_meta},
+        state={"losses": losses})
+
+
+def _smooth(xs: list[float], k: int = 50) -> list[float]:
+    out, acc = [], 0.0
+    for i, v in enumerate(xs):
+        acc += v
+        if i >= k:
+            acc -= xs[i - k]
+        out.append(acc / min(i + 1, k))
+    return out
+
+
