@@ -65,8 +65,8 @@ def test_feature_extractor_loading_with_a_tiny_torchscript_network(tmp_path):
 
 
 def test_shipped_classifier_is_accurate():
+    from ddim.bench.classifier import load_digits_classifier
     from ddim.io.data import digits
-    from ddim.models.classifier import load_digits_classifier
 
     x, y = digits()
     clf = load_digits_classifier()

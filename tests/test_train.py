@@ -80,7 +80,7 @@ def test_corrupt_truncated_and_pickle_checkpoints(tmp_path):
     ema = latest / "ema.safetensors"
     data = ema.read_bytes()
     ema.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ck.CheckpointError, match="(damaged|not a valid|not a) safetensors"):
+    with pytest.raises(ck.CheckpointError, match=r"(damaged|not a valid|not a) safetensors"):
         load_run(run)
     ema.write_bytes(b"\x00" * 64)
     with pytest.raises(ck.CheckpointError):

@@ -59,8 +59,8 @@ def quality(out: Path, quick: bool, command: str, n: int | None = None,
             steps_list: list[int] | None = None) -> str:
     from ..io.data import digits
     from ..io.loader import load_model
-    from ..models.classifier import load_digits_classifier
     from ..models.mixture import mog3
+    from .classifier import load_digits_classifier
 
     steps_list = steps_list or ([10, 20] if quick else [10, 20, 50, 100, 1000])
     etas = [0.0, 1.0, "sigma_hat"] if quick else ETAS

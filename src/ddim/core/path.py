@@ -152,6 +152,7 @@ class ContinuousPath(NoisePath):
         else:
             raise UsageError(f"unknown spacing {spacing!r} for a continuous path; choose one of "
                              f"{', '.join(CONTINUOUS_SPACINGS)}")
+        ts = np.clip(ts, lo, self.t_max)  # λ → t round trips may step a hair outside the range
         ts[0] = self.t_max
         return self.validate_timesteps(ts)
 

@@ -77,6 +77,8 @@ def sample(
         streams = SeededNoise(resolve_seeds(x_T.shape[0], seed, seeds), x_T.shape[1:], dtype=x_T.dtype,
                               device=x_T.device)
         streams.initial()  # skip the x_T draw: fresh noise is the same whether x_T was given or drawn
+        if not bool(torch.isfinite(x_T).all()):  # one check per run, not per step
+            raise UsageError("x_T contains NaN or inf")
         x = x_T
     else:
         if shape is None:

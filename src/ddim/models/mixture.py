@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..core.errors import UsageError
+from ..core.path import NoisePath
 from ..core.schedule import NoiseSchedule
 
 
@@ -47,13 +48,14 @@ class GaussianMixture:
     def dim(self) -> int:
         return int(self.means.shape[1])
 
-    def _noised_terms(self, x: torch.Tensor, abar: torch.Tensor):
-        """Per-component quantities of p_t at x: responsibilities' log-terms and C_k^{-1}(x - m_k)."""
+    def _noised_terms(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor):
+        """Per-component quantities of p_t at x for x_t = α x0 + σ ε: log-terms and C_k^{-1}(x - α μ_k)."""
         dt = x.dtype
-        a = abar.to(dt).reshape(-1, 1, 1)  # (B, 1, 1)
+        al = alpha.to(dt).reshape(-1, 1, 1)  # (B, 1, 1)
+        sg = sigma.to(dt).reshape(-1, 1, 1)
         mu, lam, U = self.means.to(x.device, dt), self._lam.to(x.device, dt), self._U.to(x.device, dt)
-        diff = x[:, None, :] - a.sqrt() * mu[None]  # (B, K, D)
-        var = a * lam[None] + (1 - a)  # (B, K, D) eigenvalues of C_k = ᾱ Σ_k + (1-ᾱ) I
+        diff = x[:, None, :] - al * mu[None]  # (B, K, D)
+        var = al * al * lam[None] + sg * sg  # (B, K, D) eigenvalues of C_k = α² Σ_k + σ² I
         proj = torch.einsum("bkd,kde->bke", diff, U)  # coordinates in Σ_k's eigenbasis
         maha = (proj * proj / var).sum(-1)
         logdet = var.log().sum(-1)
@@ -66,12 +68,16 @@ class GaussianMixture:
         """log p_t(x) of the noised marginal (ᾱ = 1: the data density itself)."""
         x = _as_2d(x, self.dim)
         a = torch.as_tensor(abar, dtype=torch.float64, device=x.device).expand(x.shape[0])
-        logterm, _ = self._noised_terms(x, a)
+        logterm, _ = self._noised_terms(x, a.sqrt(), (1 - a).clamp_min(0).sqrt())
         return torch.logsumexp(logterm, dim=1)
 
     def score(self, x: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
-        """∇_x log p_t(x) = -Σ_k r_k(x) C_k^{-1}(x - sqrt(ᾱ) μ_k)."""
-        logterm, cinv_diff = self._noised_terms(x, abar)
+        """∇_x log p_t(x) on the VP path (α = sqrt(ᾱ), σ = sqrt(1-ᾱ))."""
+        return self.score_at(x, abar.sqrt(), (1 - abar).clamp_min(0).sqrt())
+
+    def score_at(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """∇_x log p_t(x) = -Σ_k r_k(x) C_k^{-1}(x - α μ_k) for x_t = α x0 + σ ε, any path."""
+        logterm, cinv_diff = self._noised_terms(x, alpha, sigma)
         r = torch.softmax(logterm, dim=1)
         return -(r[..., None] * cinv_diff).sum(1)
 
@@ -82,15 +88,15 @@ class GaussianMixture:
         L = torch.linalg.cholesky(self.covariances)
         return self.means[k] + torch.einsum("nij,nj->ni", L[k], z)
 
-    def eps_model(self, schedule: NoiseSchedule) -> MixtureEpsilon:
-        """The exact noise predictor ε*(x, t) for this mixture under `schedule`."""
+    def eps_model(self, schedule: NoisePath) -> MixtureEpsilon:
+        """The exact noise predictor ε*(x, t) for this mixture on a noise path (grid or continuous)."""
         return MixtureEpsilon(self, schedule)
 
 
 class MixtureEpsilon(nn.Module):
-    """net(x, t) = ε*(x, t) = -sqrt(1-ᾱ_t) ∇log p_t(x), computed in x's dtype."""
+    """net(x, t) = ε*(x, t) = -σ_t ∇log p_t(x), computed in x's dtype (t: the path's time input)."""
 
-    def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule) -> None:
+    def __init__(self, mixture: GaussianMixture, schedule: NoisePath) -> None:
         super().__init__()
         self.mixture = mixture
         self.schedule = schedule
@@ -98,8 +104,14 @@ class MixtureEpsilon(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(shape[0], -1)
-        a = self.schedule.alpha_bar_tensor(t.to(x.device)).expand(shape[0])
-        return self.eps_at(x2, a).reshape(shape)
+        if isinstance(self.schedule, NoiseSchedule):
+            a = self.schedule.alpha_bar_tensor(t.to(x.device)).expand(shape[0])
+            return self.eps_at(x2, a).reshape(shape)
+        # continuous path: one level per call (samplers give every sample the same t)
+        al, sg = self.schedule.alpha_sigma(float(t.reshape(-1)[0]) / self.schedule.time_scale)
+        al_t = torch.full((shape[0],), al, dtype=torch.float64, device=x.device)
+        sg_t = torch.full((shape[0],), sg, dtype=torch.float64, device=x.device)
+        return (-sg * self.mixture.score_at(x2, al_t, sg_t)).reshape(shape)
 
     def eps_at(self, x: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
         """ε* at given ᾱ values (B,), for points x (B, D): no timestep grid involved."""
