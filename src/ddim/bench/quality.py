@@ -165,23 +165,6 @@ def eta_variance(out: Path, quick: bool, command: str) -> str:
     return "\n".join(lines)
 
 
-def _rss_peak_reset() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _rss_peak_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def speed(out: Path, quick: bool, command: str, device: str = "cpu") -> str:
     """Per sampler: wall time, NFE, images/s and overhead vs model-only on the digits UNet, beside
     diffusers' loops on the same model; DDPM-1000/DDIM-50; peak memory vs steps."""
@@ -233,26 +216,31 @@ def speed(out: Path, quick: bool, command: str, device: str = "cpu") -> str:
                          f"| {th} | {thr} |")
         r = ddpm_vs_ddim(repeat=1, device=device)
         lines.append(f"\nDDPM-1000 / DDIM-50 wall time (MLP, batch 1): {r['ratio']:.2f} (NFE ratio 20).")
-        lines += ["", "| steps | peak memory, sampling only (MB) | with trajectory kept (MB) |", "|---:|---:|---:|"]
-        for S in ((10, 50) if quick else (10, 50, 200, 1000)):
-            vals = []
-            for traj in (False, True):
-                big = torch.randn(256, 1, 8, 8, device=device) if not quick else x
-                if cuda:
-                    torch.cuda.reset_peak_memory_stats()
-                    base = torch.cuda.memory_allocated()
-                    sample(den, x_T=big, steps=S, return_trajectory=traj)
-                    vals.append((torch.cuda.max_memory_allocated() - base) / 2**20)
-                elif _rss_peak_reset():
-                    before = _rss_peak_mb()
-                    sample(den, x_T=big, steps=S, return_trajectory=traj)
-                    vals.append(_rss_peak_mb() - before)
-                else:
-                    vals.append(math.nan)
-            lines.append(f"| {S} | {vals[0]:.1f} | {vals[1]:.1f} |")
-        lines.append("\nPeak memory is the rise of the process's peak RSS (CPU) or of max_memory_allocated (CUDA) "
-                     "during one sampling call: flat in the step count unless the trajectory is kept.")
+    lines += memory_section(out, quick, device)
     return "\n".join(lines)
+
+
+def memory_section(out: Path, quick: bool, device: str) -> list[str]:
+    """Peak memory vs steps, with and without the trajectory kept, each in a fresh subprocess; table + figure."""
+    from .memory import peak_sampling_mb
+
+    b = 64 if quick else 256
+    steps_list = (10, 50) if quick else (10, 50, 200, 1000)
+    lines = ["", f"Peak memory of one sampling call (digits UNet, batch {b}, DDIM; each cell a fresh process):", "",
+             "| steps | peak, sampling only (MB) | with trajectory kept (MB) | trajectory size (MB) |",
+             "|---:|---:|---:|---:|"]
+    series: dict[str, tuple[list[float], list[float]]] = {"sampling only": ([], []), "trajectory kept": ([], [])}
+    for S in steps_list:
+        vals = [peak_sampling_mb("digits", b, S, trajectory=t, device=device) for t in (False, True)]
+        for name, v in zip(series, vals):
+            series[name][0].append(S)
+            series[name][1].append(v)
+        lines.append(f"| {S} | {vals[0]:.1f} | {vals[1]:.1f} | {(S + 1) * b * 64 * 4 / 2**20:.1f} |")
+    fig = plots.curves(series, out / "memory.png", "steps", "peak memory added (MB)", logx=True,
+                       title="peak memory of one sampling call")
+    lines += ["", "Flat in the step count unless the trajectory is kept (then it grows by one state per step).",
+              f"\n![memory]({fig.name})"]
+    return lines
 
 
 def reconstruction(out: Path, quick: bool, command: str) -> str:
