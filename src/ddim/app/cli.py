@@ -13,34 +13,24 @@ from ..core.errors import UsageError
 from ..core.schedule import SPACINGS
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
+def _checked(kind: type, minimum: float, what: str):
+    """An argparse type: a finite `kind` (int or float) that is at least `minimum`."""
+
+    def parse(s: str) -> int | float:
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+        if not (v >= minimum and math.isfinite(v)):
+            raise argparse.ArgumentTypeError(f"expected a finite {what} >= {minimum}, got {s}")
+        return v
+
+    return parse
 
 
-def _finite_nonneg(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {s}")
-    return v
-
-
-def _nonneg_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
+_positive_int = _checked(int, 1, "integer")
+_nonneg_int = _checked(int, 0, "integer")
+_finite_nonneg = _checked(float, 0.0, "number")
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:

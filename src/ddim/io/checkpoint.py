@@ -155,6 +155,7 @@ def load_state_into(module: torch.nn.Module, path: str | Path) -> None:
 
 
 def read_json(path: str | Path) -> dict[str, Any]:
+    """A JSON object from a file; missing, malformed or non-object content is a CheckpointError (exit 2)."""
     path = Path(path)
     try:
         obj = json.loads(path.read_text())

@@ -18,6 +18,7 @@ import numpy as np
 from ..core.errors import UsageError
 from ..core.prediction import PREDICTION_TYPES, Denoiser
 from ..core.schedule import SPACINGS, NoiseSchedule
+from .checkpoint import read_json
 
 # key: (accepted types, default); bool is checked before int (a bool is an int in Python)
 _SCHEDULE_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
@@ -57,14 +58,7 @@ def read_scheduler_config(config: dict[str, Any] | str | Path) -> tuple[dict[str
         if path.is_dir():
             path = path / "scheduler_config.json"
         where = str(path)
-        try:
-            config = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UsageError(f"no scheduler config at {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UsageError(f"{path} is not valid JSON: {e}") from None
-        if not isinstance(config, dict):
-            raise UsageError(f"{path} does not hold a JSON object")
+        config = read_json(path)
     unknown = sorted(set(config) - set(_SCHEDULE_KEYS) - _OTHER_KEYS)
     if unknown:
         warnings.warn(f"{where}: ignoring unknown scheduler config keys: {', '.join(unknown)}", stacklevel=3)

@@ -14,7 +14,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..core.errors import UsageError
 from ..core.noise import noise_fn
-from ..core.samplers.base import first_order_update
+from ..core.samplers.base import FirstOrderPlan, first_order_update
 from ..core.samplers.ddim import ddim_plan
 from ..core.samplers.dpmpp import dpmpp_plan, multistep_update
 from ..core.schedule import NoiseSchedule
@@ -85,6 +85,7 @@ class DDIMScheduler(_CoreScheduler):
         ts = self.schedule.timesteps(num_inference_steps, self.config.timestep_spacing)
         self.num_inference_steps = len(ts)
         self._ts = ts
+        self._plans: dict[float, FirstOrderPlan] = {}
         self._index = {t: i for i, t in enumerate(ts.tolist())}
         self.timesteps = ts.to(device) if device is not None else ts
 
@@ -97,7 +98,9 @@ class DDIMScheduler(_CoreScheduler):
         i = self._step_index(timestep)
         if generator is not None and variance_noise is not None:
             raise UsageError("pass either generator or variance_noise, not both")
-        plan = ddim_plan(self._den, self._ts, float(eta))
+        plan = self._plans.get(float(eta))
+        if plan is None:  # once per η and list, not per step
+            plan = self._plans[float(eta)] = ddim_plan(self._den, self._ts, float(eta))
         z = None
         if plan.sigma[i] > 0:
             z = variance_noise if variance_noise is not None else noise_fn(generator, model_output)()
