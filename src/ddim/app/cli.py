@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..bench.suites import SUITES
 from ..core.errors import UsageError
 from ..core.schedule import SPACINGS
 
@@ -211,7 +212,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     command = "ddim " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else f"ddim bench {args.suite}"
     run(args.suite, args.out, quick=args.quick, command=command, device=args.device, n=args.n,
-        steps_list=args.steps_list, steps=args.steps)
+        steps_list=args.steps_list, steps=args.steps, seeds=args.seeds)
     return 0
 
 
@@ -343,17 +344,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="optional .npy of per-sample values")
     p.set_defaults(func=cmd_likelihood)
 
-    p = sub.add_parser("bench", help="benchmarks: overhead, solvers, quality, speed, eta-variance, reconstruction",
+    p = sub.add_parser("bench", help="benchmarks: " + ", ".join(SUITES),
                        description="Benchmarks that measure side by side in one run and write report.md + PNGs.")
-    p.add_argument("suite", choices=["overhead", "solvers", "quality", "speed", "eta-variance", "reconstruction"])
+    p.add_argument("suite", choices=SUITES)
     p.add_argument("--out", default="bench_out", help="output folder (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a small, fast run (smoke test)")
     p.add_argument("--steps", type=_positive_int, default=50,
                    help="steps for the overhead suite (default 50)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--n", type=_positive_int, default=None, help="samples per cell for the quality suite (500)")
-    p.add_argument("--steps-list", type=int, nargs="+", default=None,
-                   help="step counts for the quality suite (default: 10 20 50 100 1000)")
+    p.add_argument("--n", type=_positive_int, default=None,
+                   help="samples per seed set and cell for the quality suites (default 2000)")
+    p.add_argument("--seeds", type=_positive_int, default=3,
+                   help="seed sets pooled per cell for the quality suites (default 3)")
+    p.add_argument("--steps-list", type=_positive_int, nargs="+", default=None,
+                   help="step counts for the quality suite (default: 10 20 50 100, plus DDPM-1000)")
     p.set_defaults(func=cmd_bench)
     return parser
 

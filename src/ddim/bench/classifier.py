@@ -4,6 +4,7 @@ distance for 8×8 digits, and its predictions give class coverage."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -76,3 +77,50 @@ def load_digits_classifier(path: str | Path | None = None) -> DigitsClassifier:
     net = DigitsClassifier()
     load_state_into(net, path)
     return net.eval()
+
+
+class DigitsJudge:
+    """Scores digit samples against all real digits in the shipped classifier's features: Fréchet distance,
+    class-balanced FD (each predicted class weighted equally), and class accuracy when labels are asked for."""
+
+    def __init__(self) -> None:
+        from ..io.data import digits
+        from ..ops import metrics
+
+        self.clf = load_digits_classifier()
+        self.x_real, self.y_real = digits()
+        self.f_real = metrics.extract(self.clf, self.x_real)
+        self.w_real = metrics.class_balanced_weights(self.clf(self.x_real).argmax(1))
+        half = len(self.x_real) // 2
+        perm = torch.randperm(len(self.x_real), generator=torch.Generator().manual_seed(0))
+        a, b = perm[:half], perm[half:]
+        #: real-vs-real floor: FD between two random halves of the real digits (the noise floor of the metric)
+        self.floor = metrics.frechet_distance_features(self.f_real[a], self.f_real[b])
+        self.floor_balanced = metrics.frechet_distance_features(self.f_real[a], self.f_real[b], self.w_real[a],
+                                                                self.w_real[b])
+
+    @torch.no_grad()
+    def score(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
+        """fd, fd_bal, coverage TV and (with labels) the fraction classified as the asked class."""
+        from ..ops import metrics
+
+        x = x.clamp(-1, 1)
+        f = metrics.extract(self.clf, x)
+        pred = self.clf.head(f).argmax(1)
+        cov = metrics.class_coverage(pred)
+        out = {"fd": metrics.frechet_distance_features(self.f_real, f),
+               "fd_bal": metrics.frechet_distance_features(self.f_real, f, self.w_real,
+                                                           metrics.class_balanced_weights(pred)),
+               "tv": cov["tv_to_uniform"], "min_frac": cov["min_fraction"], "n": float(len(x))}
+        if labels is not None:
+            out["acc"] = float((pred == labels.to(pred.device)).float().mean())
+        return out
+
+    def pooled(self, per_seed: list[torch.Tensor], labels: list[torch.Tensor] | None = None) -> dict[str, Any]:
+        """Scores of the pooled samples, plus each seed's scores (the spread across seeds)."""
+        x = torch.cat(per_seed)
+        lab = torch.cat(labels) if labels is not None else None
+        out: dict[str, Any] = self.score(x, lab)
+        out["seeds"] = [self.score(xs, None if labels is None else ls)
+                        for xs, ls in zip(per_seed, labels or [None] * len(per_seed))]
+        return out

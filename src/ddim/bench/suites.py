@@ -12,7 +12,7 @@ SUITES = ("overhead", "solvers", "quality", "speed", "eta-variance", "reconstruc
 
 
 def run(suite: str, out: str | Path, *, quick: bool = False, command: str = "", device: str = "cpu",
-        n: int | None = None, steps_list: list[int] | None = None, steps: int = 50) -> Path:
+        n: int | None = None, steps_list: list[int] | None = None, steps: int = 50, seeds: int = 3) -> Path:
     """Run one suite and write its report (and figures) into `out`; prints the report and where it went."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -32,7 +32,7 @@ def run(suite: str, out: str | Path, *, quick: bool = False, command: str = "", 
         from . import quality as q
 
         if suite == "quality":
-            text = q.quality(out, quick, command, n=n, steps_list=steps_list)
+            text = q.quality(out, quick, command, n=n, steps_list=steps_list, seeds=seeds)
         elif suite == "eta-variance":
             text = q.eta_variance(out, quick, command)
         elif suite == "speed":
