@@ -97,7 +97,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                  "lr": args.lr, "warmup": args.warmup, "grad_clip": args.grad_clip, "ema_decay": args.ema_decay,
                  "seed": args.seed, "prediction_type": args.prediction_type, "schedule": args.schedule,
                  "checkpoint_every": args.checkpoint_every, "image_size": args.image_size,
-                 "hidden": args.hidden, "depth": args.depth}
+                 "hidden": args.hidden, "depth": args.depth, "label_dropout": args.label_dropout,
+                 "conditional": True if args.conditional else None}
     given = {k: v for k, v in overrides.items() if v is not None}
     cfg = TrainConfig.from_file(args.config, **given) if args.config else TrainConfig.from_dict(given, "flags")
     t0 = time.perf_counter()
@@ -275,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=_positive_int, default=None, help="resize images of a folder to this size")
     p.add_argument("--hidden", type=_positive_int, default=None, help="MLP width (default 128)")
     p.add_argument("--depth", type=_positive_int, default=None, help="MLP residual blocks (default 3)")
+    p.add_argument("--conditional", action="store_true",
+                   help="class-conditional model (labelled data: digits or .npz with x, y) with a null class")
+    p.add_argument("--label-dropout", type=float, default=None,
+                   help="share of labels replaced by the null class, for guidance (default 0.1)")
     p.add_argument("--config", default=None, help="YAML/TOML file of config keys (flags override it)")
     p.add_argument("--out", default=None, help="run folder to create")
     p.add_argument("--resume", default=None, metavar="RUN", help="continue the run in this folder")

@@ -48,6 +48,7 @@ class Denoiser:
         dynamic_thresholding_ratio: float = 0.995,
         sample_max_value: float = 1.0,
         sample_shape: tuple[int, ...] | None = None,
+        conditioning: Any = None,
     ) -> None:
         if not isinstance(schedule, NoisePath):
             raise UsageError(f"schedule must be a NoisePath (NoiseSchedule or ContinuousPath), "
@@ -66,6 +67,8 @@ class Denoiser:
         self.dynamic_thresholding_ratio = dynamic_thresholding_ratio
         self.sample_max_value = sample_max_value
         self.sample_shape = None if sample_shape is None else tuple(int(d) for d in sample_shape)
+        #: how the network is conditioned (e.g. `ddim.core.guidance.ClassLabels`); None: unconditional
+        self.conditioning = conditioning
         # memo tables (not run state): affine coefficients per level, time inputs per (device, batch, level)
         self._affine: dict[float, Affine] = {}
         self._t_cache: dict[tuple[torch.device, int, float], torch.Tensor] = {}
@@ -91,10 +94,28 @@ class Denoiser:
             v = self._t_cache[key] = self.schedule.time_input(t, x.shape[0], x.device)
         return v
 
-    def call_net(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        """One network call at level t, shape-checked (no counting: the run counts)."""
+    def for_run(self) -> Denoiser:
+        """The denoiser one run uses (a bound condition with per-run guidance state gives a fresh copy)."""
+        return self
+
+    def branches(self, t: float) -> int:
+        """Network evaluations per call at level t (2 where guidance runs both branches)."""
+        return 1
+
+    def _default_condition(self, x: torch.Tensor) -> dict[str, Any]:
+        """A conditional model called with no condition runs its unconditional (null) branch."""
+        unc = self.conditioning.unconditional()
+        if unc is None:
+            raise UsageError("this model is conditional and has no unconditional branch: give a condition")
+        return {k: v.to(x.device).expand(x.shape[0], *v.shape[1:]) for k, v in unc.items()}
+
+    def call_net(self, x: torch.Tensor, t: float, cond: dict[str, Any] | None = None) -> torch.Tensor:
+        """One network call at level t with the network's keyword arguments `cond`, shape-checked (no
+        counting: the run counts)."""
+        if cond is None and self.conditioning is not None:
+            cond = self._default_condition(x)
         try:
-            out = self.net(x, self.time_input(t, x))
+            out = self.net(x, self.time_input(t, x)) if cond is None else self.net(x, self.time_input(t, x), **cond)
         except RuntimeError as e:  # shape/dtype mismatches inside the network
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ModelOutputError(f"the network failed on input of shape {tuple(x.shape)} "
@@ -117,9 +138,14 @@ class Denoiser:
         return k
 
     @property
+    def clips(self) -> bool:
+        """True when x̂0 is clipped or thresholded."""
+        return self.thresholding or self.clip_sample is not None
+
+    @property
     def is_affine(self) -> bool:
-        """True when x̂0 and ε̂ are affine in (x, output): no clipping or thresholding."""
-        return not self.thresholding and self.clip_sample is None
+        """True when a step is affine in (x, output): no clipping or thresholding."""
+        return not self.clips
 
     def combine(self, t: float, a: float, b: float, c: float) -> tuple[float, float]:
         """(P, Q) with a·x + b·x̂0 + c·ε̂ = P·x + Q·out: a whole update in two tensor ops (affine case)."""
@@ -144,7 +170,7 @@ class Denoiser:
             self._undefined_x0(t)
         x0 = out if (k1 == 0.0 and k2 == 1.0) else torch.add(x * k1, out, alpha=k2)
         eps = out if (k3 == 0.0 and k4 == 1.0) else torch.add(x * k3, out, alpha=k4)
-        return eps, (x0 if self.is_affine else self.clip(x0))
+        return eps, (self.clip(x0) if self.clips else x0)
 
     def x0_from_output(self, x: torch.Tensor, t: float, out: torch.Tensor) -> torch.Tensor:
         """x̂0 alone from a network output (clipping applied as configured)."""
@@ -152,7 +178,7 @@ class Denoiser:
         if math.isnan(k1):
             self._undefined_x0(t)
         x0 = out if (k1 == 0.0 and k2 == 1.0) else torch.add(out * k2, x, alpha=k1)
-        return x0 if self.is_affine else self.clip(x0)
+        return self.clip(x0) if self.clips else x0
 
     def eps_from_output(self, x: torch.Tensor, t: float, out: torch.Tensor) -> torch.Tensor:
         """ε̂ alone from a network output."""

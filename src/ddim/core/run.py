@@ -51,7 +51,7 @@ class Tracked:
     def raw(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """One network call: counted, its sum recorded on the device (no sync)."""
         out = self.den.call_net(x, t)
-        self.stats.nfe += 1
+        self.stats.nfe += self.den.branches(t)
         self._watch.append(out.sum())
         self._t.append(t)
         return out

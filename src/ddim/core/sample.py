@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from .errors import UsageError
+from .guidance import Guidance, bind
 from .noise import SeededNoise
 from .prediction import Denoiser
 from .run import Callback, RunStats, StepInfo
@@ -54,6 +55,9 @@ def sample(
     progress: bool = False,
     callback: Callback | None = None,
     early_exit_tol: float | None = None,
+    condition: Any = None,
+    guidance: Guidance | float | None = None,
+    uncond: Any = None,
     **options: Any,
 ) -> Any:
     """Draw samples: x_T from per-sample seeds (or given), then the named sampler over the levels.
@@ -65,8 +69,11 @@ def sample(
     `return_stats` also a `RunStats` (NFE, early-exit step) last. With `early_exit_tol`, sampling stops once
     the change still to come in x̂0, extrapolated linearly from its last change over the steps that remain,
     is below that fraction of x̂0's RMS, and returns that x̂0. It reads two numbers per step on the host (a
-    sync): use it where network calls dominate.
+    sync): use it where network calls dominate. `condition` (class labels or network keyword arguments, one
+    per sample or one for all), `guidance` (a scale w or a `Guidance`) and `uncond` (the negative condition)
+    bind as in `ddim.core.guidance.bind`.
     """
+    denoiser = bind(denoiser, condition, guidance, uncond)
     spec = get_sampler(sampler)
     spec.check_options(options)
     if x_T is not None:

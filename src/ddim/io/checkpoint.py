@@ -250,8 +250,10 @@ def write_checkpoint(run: str | Path, step: int, files: dict[str, dict[str, torc
 
 
 def export_diffusers(unet: torch.nn.Module, schedule_config: dict[str, Any], out: str | Path,
-                     extra_scheduler: dict[str, Any] | None = None) -> Path:
-    """A diffusers pipeline folder (model_index.json, unet/, scheduler/) that DDPMPipeline can load."""
+                     extra_scheduler: dict[str, Any] | None = None, conditioning: dict[str, Any] | None = None
+                     ) -> Path:
+    """A diffusers pipeline folder (model_index.json, unet/, scheduler/) that DDPMPipeline can load; a
+    class-conditional model also gets conditioning.json (its classes and null label)."""
     out = Path(out)
     tmp = out.with_name(f".{out.name}.partial")
     if tmp.exists():
@@ -264,6 +266,8 @@ def export_diffusers(unet: torch.nn.Module, schedule_config: dict[str, Any], out
     atomic_write_json(tmp / "model_index.json", {"_class_name": "DDPMPipeline", "_diffusers_version": "0.42.1",
                                                  "unet": ["diffusers", "UNet2DModel"],
                                                  "scheduler": ["diffusers", "DDPMScheduler"]})
+    if conditioning is not None:
+        atomic_write_json(tmp / "conditioning.json", conditioning)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

@@ -48,6 +48,24 @@ def load(name: str, n: int | None = None, seed: int = 42, image_size: int | None
     raise UsageError(f"unknown dataset {name!r}: use one of {', '.join(BUILTIN)}, a .npy/.npz file or an image folder")
 
 
+def labels(name: str, n: int | None = None) -> torch.Tensor:
+    """Class labels 0 … K−1 of a labelled data set (built-in digits, or an .npz with arrays 'x' and 'y')."""
+    path = Path(name)
+    if name == "digits":
+        y = digits()[1]
+    elif path.suffix == ".npz" and path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            if "y" not in z:
+                raise UsageError(f"{path} has no 'y' array of class labels")
+            arr = z["y"]
+        if arr.dtype.kind not in "iu" or arr.ndim != 1 or (arr.size and arr.min() < 0):
+            raise UsageError(f"{path}: 'y' must be a 1-D array of non-negative integer labels")
+        y = torch.from_numpy(arr.astype(np.int64))
+    else:
+        raise UsageError(f"{name!r} has no class labels: conditional training takes digits or an .npz with x and y")
+    return y if n is None else y[:n]
+
+
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
     """sklearn's 8×8 digits as (N, 1, 8, 8) in [-1, 1] and their labels."""
     from sklearn.datasets import load_digits

@@ -42,4 +42,14 @@ def load(path: str | Path) -> Denoiser:
     load_state_into(net, weights)
     size = net.config.sample_size
     size = size if isinstance(size, int) else size[0]
-    return denoiser_from_config(net.eval(), sched_file, sample_shape=(net.config.in_channels, size, size))
+    den = denoiser_from_config(net.eval(), sched_file, sample_shape=(net.config.in_channels, size, size))
+    if (path / "conditioning.json").is_file():
+        from .runs import conditioning_from_json
+
+        f = path / "conditioning.json"
+        den.conditioning = conditioning_from_json(read_json(f), str(f))
+    elif net.config.num_class_embeds:  # a class-conditional UNet from elsewhere: no known null class
+        from ..core.guidance import ClassLabels
+
+        den.conditioning = ClassLabels(int(net.config.num_class_embeds), null=None)
+    return den

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..core.errors import CheckpointError
+from ..core.guidance import ClassLabels
 from ..core.prediction import PREDICTION_TYPES, Denoiser
 from ..models.registry import build_model
 from . import checkpoint as ck
@@ -46,5 +47,18 @@ def load_run_denoiser(run: str | Path, use_ema: bool = True) -> tuple[Denoiser, 
     """The Denoiser of a run folder (EMA weights, its schedule, prediction type and sample shape) and its config."""
     net, cfg = load_run(run, use_ema)
     sched = schedule_from_config(cfg["schedule"])
-    den = Denoiser(net, sched, prediction_type=cfg["prediction_type"], sample_shape=tuple(cfg["sample_shape"]))
+    den = Denoiser(net, sched, prediction_type=cfg["prediction_type"], sample_shape=tuple(cfg["sample_shape"]),
+                   conditioning=conditioning_from_json(cfg.get("conditioning"), str(Path(run) / "config.json")))
     return den, cfg
+
+
+def conditioning_from_json(d: Any, where: str) -> ClassLabels | None:
+    """A model's recorded conditioning (None: unconditional), each malformed field a one-line error."""
+    if d is None:
+        return None
+    if not isinstance(d, dict) or d.get("type") != "class":
+        raise CheckpointError(f"{where}: conditioning must be an object with type 'class'")
+    k, null = d.get("num_classes"), d.get("null")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or not (null is None or isinstance(null, int)):
+        raise CheckpointError(f"{where}: conditioning needs num_classes >= 1 and an integer or null 'null'")
+    return ClassLabels.from_json(d)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..core.errors import UsageError
+from ..core.guidance import ClassLabels
 from ..core.path import NoisePath
 from ..core.schedule import NoiseSchedule
 
@@ -103,15 +104,8 @@ class MixtureEpsilon(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x2 = x.reshape(shape[0], -1)
-        if isinstance(self.schedule, NoiseSchedule):
-            a = self.schedule.alpha_bar_tensor(t.to(x.device)).expand(shape[0])
-            return self.eps_at(x2, a).reshape(shape)
-        # continuous path: one level per call (samplers give every sample the same t)
-        al, sg = self.schedule.alpha_sigma(float(t.reshape(-1)[0]) / self.schedule.time_scale)
-        al_t = torch.full((shape[0],), al, dtype=torch.float64, device=x.device)
-        sg_t = torch.full((shape[0],), sg, dtype=torch.float64, device=x.device)
-        return (-sg * self.mixture.score_at(x2, al_t, sg_t)).reshape(shape)
+        al, sg = _levels(self.schedule, t, shape[0], x.device)
+        return (-sg.to(x.dtype)[:, None] * self.mixture.score_at(x.reshape(shape[0], -1), al, sg)).reshape(shape)
 
     def eps_at(self, x: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
         """ε* at given ᾱ values (B,), for points x (B, D): no timestep grid involved."""
@@ -135,3 +129,103 @@ def mog3() -> GaussianMixture:
             [[0.15, 0.00], [0.00, 0.35]],
         ],
     )
+
+
+class ConditionalMixture:
+    """p(x | c) a GaussianMixture per class c, p(c) the class weights: exact conditional, unconditional and
+    CFG-guided scores. The exact network takes `class_labels`; label `num_classes` is the null class (p(x))."""
+
+    def __init__(self, classes: Sequence[GaussianMixture], weights: Sequence[float] | None = None) -> None:
+        if not classes or len({m.dim for m in classes}) != 1:
+            raise UsageError("a conditional mixture needs at least one class, all of one dimension")
+        w = torch.ones(len(classes), dtype=torch.float64) if weights is None else torch.as_tensor(
+            weights, dtype=torch.float64)
+        if w.shape != (len(classes),) or bool((w <= 0).any()):
+            raise UsageError("class weights must be positive, one per class")
+        self.classes = list(classes)
+        self.class_weights = w / w.sum()
+        self.marginal = GaussianMixture(
+            torch.cat([p * m.weights for p, m in zip(self.class_weights, classes)]),
+            torch.cat([m.means for m in classes]), torch.cat([m.covariances for m in classes]))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def dim(self) -> int:
+        return self.marginal.dim
+
+    def component(self, label: int) -> GaussianMixture:
+        """The mixture of one class, or the marginal for the null label."""
+        return self.marginal if label == self.num_classes else self.classes[label]
+
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y): n exact samples with their classes (drawn from p(c) unless `labels` are given)."""
+        y = torch.multinomial(self.class_weights, n, replacement=True, generator=generator) if labels is None \
+            else labels.long()
+        x = torch.empty(len(y), self.dim, dtype=torch.float64)
+        for c in range(self.num_classes):
+            idx = (y == c).nonzero().flatten()
+            if len(idx):
+                x[idx] = self.classes[c].sample(len(idx), generator=generator)
+        return x, y
+
+    def score_at(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor,
+                 guidance: float = 1.0) -> torch.Tensor:
+        """s_u + w (s_c − s_u) per sample (w = 1: the conditional score; null labels: the unconditional one)."""
+        out = torch.empty_like(x)
+        s_u = self.marginal.score_at(x, alpha, sigma) if guidance != 1.0 else None
+        for c in labels.unique().tolist():
+            idx = (labels == c).nonzero().flatten()
+            s_c = self.component(c).score_at(x[idx], alpha[idx], sigma[idx])
+            out[idx] = s_c if s_u is None else s_u[idx] + guidance * (s_c - s_u[idx])
+        return out
+
+    def eps_model(self, schedule: NoisePath) -> ConditionalMixtureEpsilon:
+        return ConditionalMixtureEpsilon(self, schedule)
+
+    @property
+    def conditioning(self) -> ClassLabels:
+        """How a Denoiser passes labels to the exact network (null label = num_classes)."""
+        return ClassLabels(self.num_classes, null=self.num_classes)
+
+
+class ConditionalMixtureEpsilon(nn.Module):
+    """net(x, t, class_labels) = −σ_t ∇log p_t(x | c), exact (null label: the unconditional ε)."""
+
+    def __init__(self, mixture: ConditionalMixture, schedule: NoisePath) -> None:
+        super().__init__()
+        self.mixture = mixture
+        self.schedule = schedule
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(shape[0], -1)
+        labels = (torch.full((shape[0],), self.mixture.num_classes, dtype=torch.long) if class_labels is None
+                  else class_labels.reshape(-1).long().cpu())
+        al, sg = _levels(self.schedule, t, shape[0], x.device)
+        return (-sg.to(x.dtype)[:, None] * self.mixture.score_at(x2, al, sg, labels.to(x.device))).reshape(shape)
+
+
+def _levels(schedule: NoisePath, t: torch.Tensor, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(α, σ) per sample in float64 for a network time input t (grid: ᾱ table; continuous: one level)."""
+    if isinstance(schedule, NoiseSchedule):
+        a = schedule.alpha_bar_tensor(t.to(device)).expand(n).double()
+        return a.sqrt(), (1 - a).clamp_min(0).sqrt()
+    al, sg = schedule.alpha_sigma(float(t.reshape(-1)[0]) / schedule.time_scale)
+    return (torch.full((n,), al, dtype=torch.float64, device=device),
+            torch.full((n,), sg, dtype=torch.float64, device=device))
+
+
+def cmog() -> ConditionalMixture:
+    """Three classes in 2-D, each two anisotropic components, overlapping enough that guidance matters."""
+    def cls(m1, m2, c1, c2) -> GaussianMixture:
+        return GaussianMixture([0.5, 0.5], [m1, m2], [c1, c2])
+
+    return ConditionalMixture([
+        cls([-1.5, 0.0], [-0.5, 1.0], [[0.20, 0.05], [0.05, 0.10]], [[0.10, 0.0], [0.0, 0.25]]),
+        cls([1.5, 0.0], [0.5, 1.0], [[0.20, -0.05], [-0.05, 0.10]], [[0.10, 0.0], [0.0, 0.25]]),
+        cls([0.0, -1.2], [0.0, 0.3], [[0.30, 0.0], [0.0, 0.08]], [[0.15, 0.0], [0.0, 0.15]]),
+    ], weights=[0.4, 0.35, 0.25])

@@ -9,11 +9,15 @@ import torch
 from ..core.errors import CheckpointError, UsageError
 
 
-def model_spec(kind: str, sample_shape: tuple[int, ...], hidden: int = 128, depth: int = 3) -> dict[str, Any]:
-    """The network's type and constructor config, derived from the data shape."""
+def model_spec(kind: str, sample_shape: tuple[int, ...], hidden: int = 128, depth: int = 3,
+               num_classes: int | None = None) -> dict[str, Any]:
+    """The network's type and constructor config, derived from the data shape; `num_classes` adds a class
+    embedding with one extra (null) class for classifier-free guidance (UNet only)."""
     if kind == "auto":
         kind = "mlp" if len(sample_shape) == 1 else "unet"
     if kind == "mlp":
+        if num_classes is not None:
+            raise UsageError("class-conditional training needs labelled images and the UNet (e.g. --data digits)")
         if len(sample_shape) != 1:
             raise UsageError(f"the MLP takes vectors, the data has sample shape {sample_shape}")
         return {"type": "mlp", "config": {"dim": sample_shape[0], "hidden": hidden, "depth": depth}}
@@ -21,7 +25,10 @@ def model_spec(kind: str, sample_shape: tuple[int, ...], hidden: int = 128, dept
         raise UsageError(f"the UNet takes square images (C, H, W), the data has sample shape {sample_shape}")
     from .unet import unet_config
 
-    return {"type": "unet", "config": unet_config(sample_shape[1], sample_shape[0])}
+    cfg = unet_config(sample_shape[1], sample_shape[0])
+    if num_classes is not None:
+        cfg["num_class_embeds"] = num_classes + 1  # diffusers' class embedding; the last index is the null class
+    return {"type": "unet", "config": cfg}
 
 
 def build_model(spec: Any) -> torch.nn.Module:

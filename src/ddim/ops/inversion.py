@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..core.errors import UsageError
+from ..core.guidance import Guidance, bind
 from ..core.prediction import Denoiser
 from ..core.run import Callback, RunStats, StepInfo, Tracked
 from ..core.sample import resolve_timesteps, sample
@@ -29,7 +30,8 @@ def _checked(denoiser: Denoiser, x0: torch.Tensor, steps: int, spacing: str | No
     if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
         raise UsageError(f"refine must be an integer >= 0, got {refine!r}")
     if not denoiser.is_affine:
-        raise UsageError("inversion needs a denoiser without x̂0 clipping or thresholding (they are not invertible)")
+        raise UsageError("inversion needs an invertible step: no x̂0 clipping or thresholding, and no cfg++ "
+                         "guidance (its ε and x̂0 come from different branches)")
     denoiser.check_input(x0)
     return resolve_timesteps(denoiser, steps, spacing, timesteps)
 
@@ -37,16 +39,19 @@ def _checked(denoiser: Denoiser, x0: torch.Tensor, steps: int, spacing: str | No
 @torch.no_grad()
 def invert(denoiser: Denoiser, x0: torch.Tensor, steps: int = 50, spacing: str | None = None,
            timesteps: Sequence[float] | torch.Tensor | None = None, refine: int = 0, eta: float = 0.0,
-           callback: Callback | None = None, return_stats: bool = False) -> Any:
+           callback: Callback | None = None, return_stats: bool = False, condition: Any = None,
+           guidance: Guidance | float | None = None, uncond: Any = None) -> Any:
     """Encode x0 to x_T with DDIM run forward in time over the sampler's own levels (ascending).
 
-    `sample(denoiser, x_T=invert(...), same steps/spacing)` reconstructs x0. NFE = steps · (1 + refine);
-    with `return_stats` the result is (x_T, RunStats).
+    `sample(denoiser, x_T=invert(...), same steps/spacing)` reconstructs x0. NFE = steps · (1 + refine) per
+    branch; with `return_stats` the result is (x_T, RunStats). Under a condition and guidance the step
+    inverted is the guided one (naive: drifts at high guidance; `refine` inverts the guided decoder itself).
     """
+    denoiser = bind(denoiser, condition, guidance, uncond)
     ts = _checked(denoiser, x0, steps, spacing, timesteps, eta, refine)
     plan = ddim_plan(denoiser, ts, 0.0)
     stats = RunStats()
-    model = Tracked(denoiser, stats)
+    model = Tracked(denoiser.for_run(), stats)
     x = x0
     try:
         for k, i in enumerate(range(len(plan.t) - 1, -1, -1)):  # from the data end up to the top level
@@ -65,7 +70,8 @@ def invert(denoiser: Denoiser, x0: torch.Tensor, steps: int = 50, spacing: str |
 
 def _solve_fixed_point(g, x_prev: torch.Tensor, x_next: torch.Tensor, iters: int) -> torch.Tensor:
     """Iterate z = g(z) from z_1 = g(x_prev) with per-sample Anderson(1) mixing (a secant step on the
-    residual f = g(z) - z), which converges far faster than plain iteration on stiff early steps."""
+    residual f = g(z) - z), which converges far faster than plain iteration on stiff early steps. Under strong
+    guidance the map can expand, so each sample returns its iterate with the smallest residual (safeguard)."""
     if iters == 0:
         return x_next
     z, gz = x_prev, x_next  # z_0 = x_s, g(z_0) = the naive estimate
@@ -73,22 +79,31 @@ def _solve_fixed_point(g, x_prev: torch.Tensor, x_next: torch.Tensor, iters: int
     g_old = gz
     z = gz
     dims = tuple(range(1, z.ndim))
+    best, best_r = z, None
     for _ in range(iters):
         gz = g(z)
         f = gz - z
+        r = (f * f).sum(dims, keepdim=True)
+        if best_r is None:
+            best, best_r = gz, r
+        else:
+            better = r < best_r
+            best, best_r = torch.where(better, gz, best), torch.where(better, r, best_r)
         df = f - f_old
         denom = (df * df).sum(dims, keepdim=True)
         gamma = torch.where(denom > 0, (f * df).sum(dims, keepdim=True) / denom.clamp_min(1e-300),
                             torch.zeros_like(denom))
         z_new = gz - gamma * (gz - g_old)
         f_old, g_old, z = f, gz, z_new
-    return z
+    return best
 
 
 @torch.no_grad()
 def reconstruct(denoiser: Denoiser, x0: torch.Tensor, steps: int = 50, spacing: str | None = None,
-                timesteps: Sequence[float] | torch.Tensor | None = None, refine: int = 0) -> torch.Tensor:
-    """decode(encode(x0)) with the same timesteps."""
+                timesteps: Sequence[float] | torch.Tensor | None = None, refine: int = 0, condition: Any = None,
+                guidance: Guidance | float | None = None, uncond: Any = None) -> torch.Tensor:
+    """decode(encode(x0)) with the same timesteps (and the same condition and guidance)."""
+    denoiser = bind(denoiser, condition, guidance, uncond)
     ts = resolve_timesteps(denoiser, steps, spacing, timesteps)
     return sample(denoiser, x_T=invert(denoiser, x0, timesteps=ts, refine=refine), timesteps=ts)
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..core.errors import UsageError
+from ..core.guidance import Guidance, bind
 
 if TYPE_CHECKING:
     from ..core.prediction import Denoiser
@@ -78,11 +79,14 @@ def path(a: torch.Tensor, b: torch.Tensor, n: int, method: str = "slerp") -> tor
 
 
 def interpolate(denoiser: Denoiser, a: torch.Tensor, b: torch.Tensor, n: int, method: str = "slerp",
-                encode: bool = True, steps: int = 50, refine: int = 3) -> torch.Tensor:
-    """Decoded path between two endpoints: data (encoded first, `encode=True`) or noise. Returns (n, ...)."""
+                encode: bool = True, steps: int = 50, refine: int = 3, condition: Any = None,
+                guidance: Guidance | float | None = None, uncond: Any = None) -> torch.Tensor:
+    """Decoded path between two endpoints: data (encoded first, `encode=True`) or noise. Returns (n, ...).
+    A condition (one for all) and guidance apply to the encoding and the decoding alike."""
     from ..core.sample import sample
     from .inversion import invert
 
+    denoiser = bind(denoiser, condition, guidance, uncond)
     _same_shape(a, b)
     if a.ndim < 2 or a.shape[0] != 1:
         a, b = a.unsqueeze(0), b.unsqueeze(0)
@@ -94,7 +98,8 @@ def interpolate(denoiser: Denoiser, a: torch.Tensor, b: torch.Tensor, n: int, me
 
 
 def edit(denoiser: Denoiser, x0: torch.Tensor, direction: torch.Tensor, scales: Sequence[float], steps: int = 50,
-         refine: int = 3) -> torch.Tensor:
+         refine: int = 3, condition: Any = None, guidance: Guidance | float | None = None,
+         uncond: Any = None) -> torch.Tensor:
     """Encode x0 (N, ...), move along `direction` (broadcast to x0's sample shape) by each scale, decode.
 
     Returns (len(scales), N, ...); scale 0 is the reconstruction.
@@ -102,6 +107,7 @@ def edit(denoiser: Denoiser, x0: torch.Tensor, direction: torch.Tensor, scales: 
     from ..core.sample import sample
     from .inversion import invert
 
+    denoiser = bind(denoiser, condition, guidance, uncond)
     if direction.shape != x0.shape[1:] and direction.shape != x0.shape[:1] + x0.shape[1:]:
         raise UsageError(f"direction has shape {tuple(direction.shape)}, expected {tuple(x0.shape[1:])}")
     z = invert(denoiser, x0, steps, refine=refine)

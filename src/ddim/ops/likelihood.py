@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..core.errors import UsageError
+from ..core.guidance import Guidance, bind
 from ..core.prediction import Denoiser
 
 EXACT_DIVERGENCE_MAX_DIM = 16
@@ -37,7 +39,8 @@ def _eps_fn(denoiser: Denoiser) -> Callable[[torch.Tensor, float], tuple[torch.T
 def log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, exact: bool | None = None, probes: int = 4,
                    rtol: float = 1e-5, atol: float = 1e-5, seed: int = 0,
                    prior: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   bits_per_dim: bool = False) -> torch.Tensor:
+                   bits_per_dim: bool = False, condition: Any = None, guidance: Guidance | float | None = None,
+                   uncond: Any = None) -> torch.Tensor:
     """Per-sample log-likelihood (nats; bits/dim on request) of data x under the model's PF-ODE.
 
     Integrates from the lowest level of the path (grid t = 0; a continuous path's t_min) to the highest
@@ -46,6 +49,7 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, exact: bool | None = 
     """
     from scipy.integrate import solve_ivp
 
+    denoiser = bind(denoiser, condition, guidance, uncond).for_run()  # guided: the guided PF-ODE's density
     denoiser.check_input(x)
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
         raise UsageError(f"probes must be an integer >= 1, got {probes!r}")

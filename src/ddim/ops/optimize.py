@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ..core.errors import UsageError
+from ..core.guidance import Guidance, bind
 from ..core.noise import SeededNoise
 from ..core.prediction import Denoiser
 from ..core.sample import sample
@@ -48,6 +49,7 @@ def schedule_error(denoiser: Denoiser, sampler: str, timesteps: torch.Tensor, x_
 def optimize_timesteps(denoiser: Denoiser, nfe: int, sampler: str = "dpmpp_2m", x_cal: torch.Tensor | None = None,
                        *, n_cal: int = 64, sample_shape: Sequence[int] | None = None, start: str | None = None,
                        rounds: int = 6, reference: torch.Tensor | None = None, progress: bool = False,
+                       condition: Any = None, guidance: Guidance | float | None = None, uncond: Any = None,
                        **options: Any) -> OptimizedSchedule:
     """Coordinate descent on the interior step positions (the first step stays at T-1, where x_T lives).
 
@@ -56,6 +58,7 @@ def optimize_timesteps(denoiser: Denoiser, nfe: int, sampler: str = "dpmpp_2m", 
     the reference, and halves δ when a round brings nothing. Never returns a schedule worse than its start
     on the calibration batch.
     """
+    denoiser = bind(denoiser, condition, guidance, uncond)
     sched = denoiser.schedule
     steps = get_sampler(sampler).steps_for_nfe(nfe)
     if x_cal is None:

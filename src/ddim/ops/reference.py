@@ -8,6 +8,7 @@ the same solution. Integrated with SciPy's DOP853 at tight tolerances (needs sci
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -16,9 +17,14 @@ from ..core.errors import UsageError
 from ..models.mixture import GaussianMixture
 
 
-def pf_ode_reference(mixture: GaussianMixture, x_T: torch.Tensor, abar_start: float, abar_end: float = 1.0,
+def pf_ode_reference(mixture: GaussianMixture | Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                     x_T: torch.Tensor, abar_start: float, abar_end: float = 1.0,
                      rtol: float = 1e-11, atol: float = 1e-11) -> torch.Tensor:
-    """Solve the PF-ODE from x_T at ᾱ = abar_start down to ᾱ = abar_end (1.0: the data), float64."""
+    """Solve the PF-ODE from x_T at ᾱ = abar_start down to ᾱ = abar_end (1.0: the data), float64.
+
+    `mixture` gives the score ∇log p_t(x) on the VP path at (x, ᾱ): a GaussianMixture, or any function
+    score(x, ᾱ) such as a guided conditional score s_u + w (s_c − s_u)."""
+    score = mixture.score if isinstance(mixture, GaussianMixture) else mixture
     try:
         from scipy.integrate import solve_ivp
     except ImportError as e:  # pragma: no cover - scipy ships with the test extra
@@ -34,7 +40,7 @@ def pf_ode_reference(mixture: GaussianMixture, x_T: torch.Tensor, abar_start: fl
         abar = 1.0 / (1.0 + sig * sig)
         xe = torch.from_numpy(y).reshape(x.shape)
         a = torch.full((x.shape[0],), abar, dtype=torch.float64)
-        eps = -math.sqrt(1 - abar) * mixture.score(xe * math.sqrt(abar), a)
+        eps = -math.sqrt(1 - abar) * score(xe * math.sqrt(abar), a)
         return eps.reshape(-1).numpy()
 
     y0 = (x / math.sqrt(abar_start)).reshape(-1).numpy()

@@ -38,6 +38,8 @@ class TrainConfig:
     hidden: int = 128
     depth: int = 3
     n_data: int | None = None
+    conditional: bool = False  # class-conditional (labelled data): a class embedding plus a learned null class
+    label_dropout: float = 0.1  # fraction of labels replaced by the null class (classifier-free guidance)
 
     def validate(self, where: str = "training config") -> None:
         """Types first (one message naming the key), then ranges."""
@@ -67,6 +69,8 @@ class TrainConfig:
             raise UsageError(f"unknown prediction_type {self.prediction_type!r}")
         if self.schedule not in SCHEDULES:
             raise UsageError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
+        if not 0 <= self.label_dropout < 1:
+            raise UsageError(f"{where}: label_dropout must lie in [0, 1), got {self.label_dropout}")
         if self.model not in ("auto", "mlp", "unet"):
             raise UsageError(f"unknown model {self.model!r}; choose auto, mlp or unet")
 
@@ -126,5 +130,5 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "weight_decay": (float,), "grad_clip": (float,), "ema_decay": (float,), "seed": (int,),
     "prediction_type": (str,), "schedule": (str,), "num_train_timesteps": (int,), "beta_start": (float,),
     "beta_end": (float,), "checkpoint_every": (int,), "image_size": (int, type(None)), "hidden": (int,),
-    "depth": (int,), "n_data": (int, type(None)),
+    "depth": (int,), "n_data": (int, type(None)), "conditional": (bool,), "label_dropout": (float,),
 }

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.errors import CheckpointError, UsageError
+from ..core.guidance import ClassLabels
 from ..io import checkpoint as ck
 from ..io.config import schedule_to_config
 from ..io.distributed import DistInfo
@@ -93,6 +94,7 @@ class TrainState:
     """Everything the loop updates: data, networks, optimizer, the one generator, the step and the losses."""
 
     x_data: torch.Tensor
+    y_data: torch.Tensor | None  # class labels (conditional runs)
     spec: dict[str, Any]
     net: torch.nn.Module
     ema: torch.nn.Module
@@ -108,7 +110,15 @@ def setup(cfg: TrainConfig, run: Path, dist: DistInfo, latest: Path | None, log:
 
     x_data = data_mod.load(cfg.data, n=cfg.n_data, image_size=cfg.image_size)
     sample_shape = tuple(x_data.shape[1:])
-    spec = model_spec(cfg.model, sample_shape, cfg.hidden, cfg.depth)
+    y_data, conditioning = None, None
+    if cfg.conditional:
+        y_data = data_mod.labels(cfg.data, n=cfg.n_data)
+        if len(y_data) != len(x_data):
+            raise UsageError(f"{cfg.data}: {len(y_data)} labels for {len(x_data)} samples")
+        k = int(y_data.max()) + 1
+        conditioning = ClassLabels(k, null=k)
+    spec = model_spec(cfg.model, sample_shape, cfg.hidden, cfg.depth,
+                      num_classes=None if conditioning is None else conditioning.num_classes)
     torch.manual_seed(cfg.seed)
     net = build_model(spec)
     ema = build_model(spec)
@@ -116,7 +126,7 @@ def setup(cfg: TrainConfig, run: Path, dist: DistInfo, latest: Path | None, log:
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed + 1000003 * dist.rank)
-    state = TrainState(x_data, spec, net, ema, opt, gen, 0, [])
+    state = TrainState(x_data, y_data, spec, net, ema, opt, gen, 0, [])
     if latest is not None:
         ck.load_state_into(net, latest / "model.safetensors")
         ck.load_state_into(ema, latest / "ema.safetensors")
@@ -135,7 +145,8 @@ def setup(cfg: TrainConfig, run: Path, dist: DistInfo, latest: Path | None, log:
         ck.atomic_write_json(run / "config.json", {
             "format_version": ck.FORMAT_VERSION, "train": dataclasses.asdict(cfg), "model": spec,
             "schedule": schedule_to_config(build_schedule(cfg)), "prediction_type": cfg.prediction_type,
-            "sample_shape": list(sample_shape)})
+            "sample_shape": list(sample_shape),
+            **({"conditioning": conditioning.to_json()} if conditioning is not None else {})})
     return state
 
 
@@ -153,6 +164,7 @@ def train_loop(cfg: TrainConfig, run: Path, st: TrainState, dist: DistInfo, prog
     t_start = time.perf_counter()
     ema_params = list(st.ema.parameters())
     net_params = list(st.net.parameters())
+    null_class = st.spec["config"].get("num_class_embeds", 0) - 1
     for step in range(st.start, cfg.steps):
         idx = torch.randint(0, N, (per_rank,), generator=st.gen)
         x0 = st.x_data[idx]
@@ -160,7 +172,12 @@ def train_loop(cfg: TrainConfig, run: Path, st: TrainState, dist: DistInfo, prog
         noise = torch.randn(x0.shape, generator=st.gen)
         sa, s1 = _bcast(abar[t].sqrt(), x0), _bcast((1 - abar[t]).sqrt(), x0)
         x_t = sa * x0 + s1 * noise  # q(x_t | x_0), DDPM eq. 4
-        loss = F.mse_loss(_output(model(x_t, t)), loss_target(cfg.prediction_type, x0, noise, sa, s1))
+        kw = {}
+        if st.y_data is not None:  # label dropout: the null class k trains the unconditional branch
+            y = st.y_data[idx]
+            drop = torch.rand(per_rank, generator=st.gen) < cfg.label_dropout
+            kw["class_labels"] = torch.where(drop, torch.full_like(y, null_class), y)
+        loss = F.mse_loss(_output(model(x_t, t, **kw)), loss_target(cfg.prediction_type, x0, noise, sa, s1))
         for g in st.opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         st.opt.zero_grad(set_to_none=True)
@@ -198,8 +215,9 @@ def finish(cfg: TrainConfig, run: Path, st: TrainState) -> None:
     curves({"loss (smoothed)": (list(range(1, len(smooth) + 1)), smooth)}, run / "loss.png", "step",
            "L_simple", logy=True, title=f"{cfg.data}: training loss")
     if st.spec["type"] == "unet":
+        cond = ck.read_json(run / "config.json").get("conditioning")
         ck.export_diffusers(st.ema, schedule_to_config(build_schedule(cfg)), run / "diffusers",
-                            {"prediction_type": cfg.prediction_type, "clip_sample": False})
+                            {"prediction_type": cfg.prediction_type, "clip_sample": False}, conditioning=cond)
 
 
 def save_run_checkpoint(run: Path, step: int, net: torch.nn.Module, ema: torch.nn.Module,

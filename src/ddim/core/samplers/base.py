@@ -35,6 +35,8 @@ class Sampler:
     options: dict[str, Any] = field(default_factory=dict)
     nfe_per_step: int = 1
     nfe_offset: int = 0  # extra evaluations beyond steps · nfe_per_step (negative: last step is a single call)
+    ddim_type: bool = False  # a step of the form a·x + b·x̂0 + c·ε̂ (+ noise): takes CFG++'s separate ε
+
 
     def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(options) - set(self.options))
@@ -57,8 +59,12 @@ class Sampler:
         if not isinstance(denoiser, Denoiser):
             raise TypeError("samplers take a ddim.Denoiser (wrap the network: Denoiser(net, schedule))")
         denoiser.check_input(x)
+        guidance = getattr(denoiser, "guidance", None)
+        if guidance is not None and guidance.rule == "cfg++" and not self.ddim_type:
+            ok = ", ".join(n for n, s in SAMPLERS.items() if s.ddim_type)
+            raise UsageError(f"cfg++ guidance is defined for DDIM-type steps ({ok}), not {self.name!r}")
         ts = denoiser.schedule.validate_timesteps(timesteps)
-        model = Tracked(denoiser, stats)
+        model = Tracked(denoiser.for_run(), stats)
         try:
             return self.fn(model, x, ts, generator=generator, callback=callback, **self.check_options(options))
         finally:
@@ -68,13 +74,14 @@ class Sampler:
 SAMPLERS: dict[str, Sampler] = {}
 
 
-def register(name: str, nfe_per_step: int = 1, nfe_offset: int = 0) -> Callable[[Callable[..., torch.Tensor]], Sampler]:
+def register(name: str, nfe_per_step: int = 1, nfe_offset: int = 0, ddim_type: bool = False
+             ) -> Callable[[Callable[..., torch.Tensor]], Sampler]:
     """Register a sampler function under `name`; its keyword-only arguments after `callback` are its options."""
 
     def wrap(fn: Callable[..., torch.Tensor]) -> Sampler:
         params = inspect.signature(fn).parameters.values()
         opts = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in _RESERVED}
-        s = Sampler(name, fn, opts, nfe_per_step, nfe_offset)
+        s = Sampler(name, fn, opts, nfe_per_step, nfe_offset, ddim_type)
         SAMPLERS[name] = s
         return s
 

@@ -39,7 +39,7 @@ def ddim_plan(den: Denoiser, timesteps: torch.Tensor, eta: float = 0.0) -> First
     return cached_plan(den, ("ddim", tuple(timesteps.tolist()), eta), build)
 
 
-@register("ddim")
+@register("ddim", ddim_type=True)
 def sample_ddim(model: Tracked, x: torch.Tensor, timesteps: torch.Tensor, *, generator: NoiseLike = None,
                 callback: Callback | None = None, eta: float = 0.0, use_clipped_model_output: bool = False
                 ) -> torch.Tensor:

@@ -42,7 +42,7 @@ def ddpm_plan(den: Denoiser, timesteps: torch.Tensor, variance_type: str = "fixe
     return cached_plan(den, ("ddpm", tuple(timesteps.tolist()), variance_type), build)
 
 
-@register("ddpm")
+@register("ddpm", ddim_type=True)
 def sample_ddpm(model: Tracked, x: torch.Tensor, timesteps: torch.Tensor, *, generator: NoiseLike = None,
                 callback: Callback | None = None, variance_type: str = "fixed_small") -> torch.Tensor:
     """DDPM ancestral sampling over the list (η = 1 DDIM with fixed_small)."""
