@@ -213,3 +213,71 @@ def test_likelihood_and_interpolation_take_a_condition():
 def test_bad_conditions_are_one_line_errors(call, match):
     with pytest.raises(UsageError, match=match):
         call()
+
+
+@pytest.fixture(scope="module")
+def cond_run(tmp_path_factory):
+    from ddim.training.config import TrainConfig
+    from ddim.training.train import train
+
+    out = tmp_path_factory.mktemp("cond") / "run"
+    return train(TrainConfig(data="digits", conditional=True, steps=20, batch_size=16, checkpoint_every=10), out,
+                 progress=False, log=lambda *a: None)
+
+
+def test_conditional_run_records_its_classes_and_exports_them(cond_run):
+    from ddim.io.loader import load_model
+
+    for spec in (cond_run, cond_run / "diffusers"):
+        d = load_model(spec).denoiser
+        assert d.conditioning == ClassLabels(10, null=10)
+    x = sample(load_model(cond_run).denoiser, (3, 1, 8, 8), steps=3, condition=[1, 2, 3], guidance=2.0)
+    assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all()
+
+
+def test_cli_class_guidance_sharded_equals_plain(cond_run, tmp_path):
+    import numpy as np
+
+    from ddim.app.cli import main
+
+    common = ["sample", "--model", str(cond_run), "--class", "7,1", "--guidance", "3", "--steps", "4", "-n", "5"]
+    assert main([*common, "--out", str(tmp_path / "a.npy")]) == 0
+    assert main([*common, "--batch", "2", "--out", str(tmp_path / "b.npy")]) == 0
+    a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
+    assert a.shape == (5, 1, 8, 8)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert (tmp_path / "a.png").is_file()
+
+
+def test_cli_edit_to_class_and_sdedit(cond_run, tmp_path):
+    from ddim.app.cli import main
+
+    assert main(["edit", "--model", str(cond_run), "--index", "5", "6", "--to-class", "8", "--strength", "0.5",
+                 "--steps", "4", "--guidance", "2", "--out", str(tmp_path / "e.png")]) == 0
+    assert (tmp_path / "e.png").is_file()
+    assert main(["invert", "--model", str(cond_run), "--n", "2", "--steps", "4", "--guidance", "2",
+                 "--out", str(tmp_path / "z.npy")]) == 0
+
+
+@pytest.mark.parametrize("argv", [
+    ["sample", "--class", "12"],
+    ["sample", "--class", "x"],
+    ["sample", "--class", "1", "--guidance", "-1"],
+    ["sample", "--class", "1", "--guidance", "nan"],
+    ["sample", "--class", "1", "--guidance", "3", "--guidance-rule", "cfg++", "--sampler", "heun"],
+])
+def test_cli_bad_conditions_exit_2(cond_run, tmp_path, argv, capsys):
+    from ddim.app.cli import main
+
+    out = tmp_path / "x.npy"
+    assert main([*argv, "--model", str(cond_run), "--steps", "2", "-n", "2", "--out", str(out)]) == 2
+    assert not out.exists()
+    err = capsys.readouterr().err.strip()
+    assert err and len(err.splitlines()) <= 3 and "Traceback" not in err
+
+
+def test_cli_condition_on_unconditional_model_exits_2(tmp_path, capsys):
+    from ddim.app.cli import main
+
+    assert main(["sample", "--model", "digits", "--class", "3", "--out", str(tmp_path / "x.npy")]) == 2
+    assert "unconditional" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..bench.suites import SUITES
 from ..core.errors import UsageError
+from ..core.guidance import GUIDANCE_RULES
 from ..core.schedule import SPACINGS
 
 
@@ -55,6 +56,40 @@ def _sampler_options(args: argparse.Namespace) -> dict:
     return {"eta": args.eta} if args.eta is not None else {}
 
 
+def _add_guidance_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--class", dest="class_", default=None, metavar="C[,C...]",
+                   help="class-conditional models: one class, or a comma list cycled over the samples")
+    p.add_argument("--guidance", type=_finite_nonneg, default=None,
+                   help="guidance scale w (1: conditional only, 0: unconditional; default 1)")
+    p.add_argument("--guidance-rule", default="cfg", choices=GUIDANCE_RULES,
+                   help="cfg (Ho & Salimans), apg (Sadat et al. 2025) or cfg++ (Chung et al. 2024; DDIM/DDPM)")
+    p.add_argument("--guidance-rescale", type=_finite_nonneg, default=0.0, metavar="PHI",
+                   help="CFG rescale φ in [0, 1] (Lin et al. 2024; default 0)")
+    p.add_argument("--guidance-interval", type=_finite_nonneg, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="guide only where σ/α lies in (LO, HI] (Kynkäänniemi et al. 2024)")
+    p.add_argument("--apg-eta", type=float, default=0.0, help="APG: weight of the parallel component (default 0)")
+    p.add_argument("--apg-momentum", type=float, default=0.0, help="APG: momentum β in (-1, 0] (default 0)")
+    p.add_argument("--cfg-two-calls", action="store_true",
+                   help="run the conditional and unconditional branches as two calls (less memory)")
+
+
+def _conditioning(args: argparse.Namespace, n: int, labels=None) -> dict:
+    """condition / guidance keyword arguments from the flags (labels: per-sample source classes)."""
+    from ..core.guidance import Guidance
+    from ..io.inputs import class_labels
+
+    cond = class_labels(args.class_, n) if args.class_ is not None else labels
+    interval = tuple(args.guidance_interval) if args.guidance_interval else None
+    g = Guidance(1.0 if args.guidance is None else args.guidance, rule=args.guidance_rule,
+                 rescale=args.guidance_rescale, interval=interval, apg_eta=args.apg_eta,
+                 apg_momentum=args.apg_momentum, batched=not args.cfg_two_calls)
+    if cond is None:
+        if args.guidance is not None and not g.trivial:
+            raise UsageError("--guidance needs --class (a class-conditional model)")
+        return {}
+    return {"condition": cond, "guidance": g}
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
@@ -74,7 +109,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     with torch.no_grad():
         arr, stats = draw(model.denoiser, model.sample_shape, args.n, batch=args.batch, seed=args.seed,
                           shard_folder=out.with_name(out.stem + ".shards"), dist=dist, steps=args.steps,
-                          sampler=args.sampler, spacing=args.spacing, device=device, **_sampler_options(args))
+                          sampler=args.sampler, spacing=args.spacing, device=device, **_sampler_options(args),
+                          **_conditioning(args, args.n))
     dt = time.perf_counter() - t0
     if not dist.is_main:
         return 0
@@ -98,8 +134,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                  "seed": args.seed, "prediction_type": args.prediction_type, "schedule": args.schedule,
                  "checkpoint_every": args.checkpoint_every, "image_size": args.image_size,
                  "hidden": args.hidden, "depth": args.depth, "label_dropout": args.label_dropout,
+                 "objective": args.objective, "time_sampling": args.time_sampling, "shift": args.shift,
                  "conditional": True if args.conditional else None}
     given = {k: v for k, v in overrides.items() if v is not None}
+    if given.get("objective") == "flow":
+        given.setdefault("prediction_type", "flow")
     cfg = TrainConfig.from_file(args.config, **given) if args.config else TrainConfig.from_dict(given, "flags")
     t0 = time.perf_counter()
     if args.resume is not None:  # the run's saved config rules; only --steps may extend it
@@ -128,6 +167,17 @@ def _inputs(args: argparse.Namespace, sample_shape: tuple[int, ...]):
     return load_inputs(args.input or args.data, sample_shape, index=args.index, n=args.n)
 
 
+def _input_conditioning(args: argparse.Namespace, den, n: int) -> dict:
+    """condition/guidance for data rows: --class, or the rows' own labels when a conditional model encodes
+    labelled data."""
+    from ..io.inputs import input_labels
+
+    labels = None
+    if args.class_ is None and den.conditioning is not None and not args.input:
+        labels = input_labels(args.data, index=args.index, n=args.n)
+    return _conditioning(args, n, labels)
+
+
 def _npy_path(out: str) -> Path:
     path = Path(out)
     if path.suffix != ".npy":
@@ -146,10 +196,12 @@ def cmd_invert(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     den = model.denoiser
     x0 = _inputs(args, model.sample_shape)
+    cond = _input_conditioning(args, den, len(x0))
     t0 = time.perf_counter()
-    z, stats = invert(den, x0, args.steps, args.spacing, refine=args.refine, eta=args.eta, return_stats=True)
+    z, stats = invert(den, x0, args.steps, args.spacing, refine=args.refine, eta=args.eta, return_stats=True,
+                      **cond)
     nfe = stats.nfe
-    rec = sample(den, x_T=z, steps=args.steps, spacing=args.spacing, progress=True)
+    rec = sample(den, x_T=z, steps=args.steps, spacing=args.spacing, progress=True, **cond)
     dt = time.perf_counter() - t0
     atomic_save_npy(out, z.cpu().numpy())
     fig = save_pairs_figure(x0, rec, out.with_suffix(".png"), f"encode ({args.steps} steps, refine={args.refine}) "
@@ -179,7 +231,8 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
             raise UsageError("give --seeds A B (noise endpoints) or --index I J with --data/--input (data endpoints)")
         ends = _inputs(args, model.sample_shape)
         encode = True
-    xs = interpolate(den, ends[:1], ends[1:], args.n, method=args.method, encode=encode, steps=args.steps)
+    cond = _conditioning(args, 1)
+    xs = interpolate(den, ends[:1], ends[1:], args.n, method=args.method, encode=encode, steps=args.steps, **cond)
     out = Path(args.out)
     strip = save_strip(xs, out, f"{args.method} in noise space, {args.n} points, DDIM {args.steps} steps")
     gif = save_animation(xs, out.with_suffix(".gif"))
@@ -188,22 +241,61 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from ..io.inputs import load_direction
     from ..io.loader import load_model
+
+    model = load_model(args.model)
+    x0 = _inputs(args, model.sample_shape)
+    if args.to_class is not None or args.strength is not None:
+        return _edit_class(args, model, x0)
+    from ..io.inputs import load_direction
     from ..io.plots import save_edit_grid
     from ..ops.latent import edit
 
-    model = load_model(args.model)
     den = model.denoiser
-    x0 = _inputs(args, model.sample_shape)
     direction = load_direction(args.direction, den, model.sample_shape, examples=args.examples, steps=args.steps)
-    try:
-        scales = [float(v) for v in args.scales.split(",")]
-    except ValueError:
-        raise UsageError(f"--scales takes comma-separated numbers, got {args.scales!r}") from None
-    outs = edit(den, x0, direction, scales, steps=args.steps)
+    scales = _numbers(args.scales, "--scales")
+    outs = edit(den, x0, direction, scales, steps=args.steps, **_input_conditioning(args, den, len(x0)))
     fig = save_edit_grid(outs, scales, Path(args.out))
     print(f"edited {x0.shape[0]} samples along {args.direction} at scales {scales}")
+    print(f"wrote {fig}")
+    return 0
+
+
+def _numbers(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+
+
+def _edit_class(args: argparse.Namespace, model, x0) -> int:
+    """Invert under the source class, regenerate under --to-class; SDEdit at each --strength."""
+    import torch
+
+    from ..io.plots import save_edit_grid
+    from ..ops.editing import sdedit, swap_condition
+
+    den = model.denoiser
+    if den.conditioning is None:
+        raise UsageError(f"{model.name} is unconditional: --to-class and --strength need a class-conditional model")
+    if args.to_class is None:
+        raise UsageError("give --to-class C (the class to edit towards)")
+    src = _input_conditioning(args, den, len(x0))
+    if "condition" not in src:
+        raise UsageError("give --class (the source class) for inputs without labels")
+    target = [args.to_class] * len(x0)
+    g = src["guidance"]
+    r = swap_condition(den, x0, src["condition"], target, steps=args.steps, spacing=args.spacing, guidance=g,
+                       inversion=args.inversion, refine=args.refine)
+    cols, outs = ["real", "reconstruction", f"→ {args.to_class}"], [x0, r.reconstruction, r.edited]
+    for s in _numbers(args.strength, "--strength") if args.strength else []:
+        outs.append(sdedit(den, x0, s, condition=target, guidance=g, steps=args.steps, spacing=args.spacing,
+                           seed=args.seed))
+        cols.append(f"SDEdit {s:g}")
+    fig = save_edit_grid(torch.stack(outs), cols, Path(args.out))
+    mse = float((r.reconstruction - x0).pow(2).mean())
+    print(f"edited {len(x0)} samples to class {args.to_class} ({args.inversion} inversion, {args.steps} steps, "
+          f"guidance {g.scale:g}): reconstruction MSE {mse:.3e}")
     print(f"wrote {fig}")
     return 0
 
@@ -227,7 +319,8 @@ def cmd_likelihood(args: argparse.Namespace) -> int:
     x = _inputs(args, model.sample_shape)
     x = x.double() if args.float64 else x
     t0 = time.perf_counter()
-    ll = log_likelihood(model.denoiser, x, exact=args.exact, probes=args.probes, bits_per_dim=args.bits_per_dim)
+    ll = log_likelihood(model.denoiser, x, exact=args.exact, probes=args.probes, bits_per_dim=args.bits_per_dim,
+                        **_input_conditioning(args, model.denoiser, len(x)))
     unit = "bits/dim" if args.bits_per_dim else "nats"
     print(f"{x.shape[0]} samples under {model.name}: mean {float(ll.mean()):.4f} {unit} "
           f"(std {float(ll.std()) if ll.numel() > 1 else 0.0:.4f}), {time.perf_counter() - t0:.1f} s")
@@ -247,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw samples from a model and write .npy + PNG",
                        description="Draw samples with any sampler and timestep schedule; writes FILE.npy and FILE.png.")
     _add_sampling_options(p)
+    _add_guidance_options(p)
     p.add_argument("-n", "--n", type=_positive_int, default=1000,
                    help="number of samples (default: %(default)s); under torchrun write -n, since torchrun's own "
                         "parser claims every --n... prefix")
@@ -269,7 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema-decay", type=float, default=None, help="EMA decay of the weights (default 0.999)")
     p.add_argument("--seed", type=_nonneg_int, default=None, help="seed of every random draw (default 0)")
     p.add_argument("--prediction-type", default=None, choices=["epsilon", "sample", "v_prediction"],
-                   help="what the network predicts (default epsilon)")
+                   help="what the network predicts under the ddpm objective (default epsilon)")
+    p.add_argument("--objective", default=None, choices=["ddpm", "flow"],
+                   help="ddpm (L_simple on a β schedule, default) or flow (flow matching, velocity ε − x0)")
+    p.add_argument("--time-sampling", default=None, choices=["uniform", "logit_normal"],
+                   help="flow: how t is drawn (default uniform; logit_normal as SD3)")
+    p.add_argument("--shift", type=float, default=None,
+                   help="flow: σ-list shift s > 0 stored with the model, σ' = sσ/(1+(s−1)σ) (default 1)")
     p.add_argument("--schedule", default=None, choices=["linear", "scaled_linear", "cosine"],
                    help="beta schedule (default linear)")
     p.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps between checkpoints (500)")
@@ -303,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--input", default=None, help="or a .npy/.npz file of samples to encode")
         p.add_argument("--index", type=int, nargs="+", default=None, help="rows of the data to use")
         p.add_argument("--n", type=_positive_int, default=16, help="number of rows when no --index (default 16)")
+        _add_guidance_options(p)
 
     p = sub.add_parser("invert", help="encode data to noise with DDIM inversion (and check the round trip)",
                        description="Encode data to x_T by running DDIM forward in time; writes the encodings "
@@ -332,6 +433,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scales", default="-1,-0.5,0,0.5,1", help="comma-separated scales (default: %(default)s)")
     p.add_argument("--examples", type=_positive_int, default=64,
                    help="examples per class for class directions (default 64)")
+    p.add_argument("--to-class", type=_nonneg_int, default=None,
+                   help="conditional models: invert under the source class, regenerate under this one")
+    p.add_argument("--inversion", default="refined", choices=["naive", "refined", "negative"],
+                   help="inversion for --to-class (default: refined; negative: conditional-only inversion with the "
+                        "source as the negative branch)")
+    p.add_argument("--refine", type=_nonneg_int, default=3, help="fixed-point iterations per step (default 3)")
+    p.add_argument("--strength", default=None, help="SDEdit strengths in (0, 1], comma-separated, e.g. 0.3,0.5,0.8")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the SDEdit noise (sample i: seed+i)")
     p.add_argument("--out", default="edit.png", help="output PNG grid (rows: samples, columns: scales)")
     p.set_defaults(n=4)
     p.set_defaults(func=cmd_edit)

@@ -8,7 +8,7 @@ from ..core.errors import UsageError
 from ..io.checkpoint import atomic_write_bytes
 from .report import header
 
-SUITES = ("overhead", "solvers", "quality", "speed", "eta-variance", "reconstruction")
+SUITES = ("overhead", "solvers", "quality", "speed", "eta-variance", "reconstruction", "guidance")
 
 
 def run(suite: str, out: str | Path, *, quick: bool = False, command: str = "", device: str = "cpu",
@@ -28,6 +28,10 @@ def run(suite: str, out: str | Path, *, quick: bool = False, command: str = "", 
             return run_solvers(out, nfes=(5, 10), n=100, samplers=("ddim", "dpmpp_2m", "unipc"),
                                spacings=("trailing", "logsnr"), command=command)
         return run_solvers(out, command=command)
+    elif suite == "guidance":
+        from .guidance import guidance_bench
+
+        text = guidance_bench(out, quick, command, n=n, seeds=seeds)
     elif suite in ("quality", "eta-variance", "speed", "reconstruction"):
         from . import quality as q
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +37,10 @@ class NoisePath(ABC):
     grid: bool = True
     #: (α, σ) of the level after the last step (the data end)
     final: tuple[float, float] = (1.0, 0.0)
+    #: ODE variables of the ε-form solvers (heun, midpoint, pndm, rk4): y = x/c, s = σ/c with c = α (EDM's
+    #: variables, dy/ds = ε̂) or, when True, c = α + σ (flow variables: y = x, s = σ on the flow path,
+    #: dy/ds = ε̂ − x̂0, finite at pure noise α = 0)
+    flow_variables: bool = False
 
     @abstractmethod
     def alpha_sigma(self, t: float) -> tuple[float, float]:
@@ -78,13 +84,80 @@ class Levels:
         self.sigma = [s for _, s in pairs]
         self.lam = [lam_of(a, s) for a, s in pairs]
         self.sigma_e = [s / a if a > 0 else math.inf for a, s in pairs]
+        #: the ε-form solvers' variables (see NoisePath.flow_variables): y = x/c, s = σ/c, dy/ds = ε̂ − κ x̂0
+        self.kappa = 1.0 if path.flow_variables else 0.0
+        self.c = [a + s for a, s in pairs] if path.flow_variables else self.alpha
+        self.s = [s / c if c > 0 else math.inf for (_, s), c in zip(pairs, self.c)]
 
     def __len__(self) -> int:
         return len(self.t)
 
 
 CONTINUOUS_KINDS = ("flow", "ve", "vp_cosine")
-CONTINUOUS_SPACINGS = ("uniform", "logsnr", "karras")
+TIME_SHIFT_TYPES = ("exponential", "linear")
+
+
+@dataclass(frozen=True)
+class FlowShift:
+    """The σ list of diffusers' FlowMatchEulerDiscreteScheduler, reproduced to the bit: σ from 1 down to the
+    (shifted) training σ_min, then a static shift σ' = sσ/(1 + (s − 1)σ) (SD3, Esser et al. 2024 eq. 23) or a
+    resolution-dependent one σ' = e^μ/(e^μ + (1/σ − 1)) (Flux; μ from the token count), then optionally a
+    stretch so the last σ equals `shift_terminal` (LTX-Video)."""
+
+    shift: float = 1.0
+    dynamic: bool = False
+    mu: float | None = None  # default μ for dynamic shifting (set from the sample size when a model is loaded)
+    shift_terminal: float | None = None
+    time_shift_type: str = "exponential"
+    num_train_timesteps: int = 1000
+
+    def __post_init__(self) -> None:
+        if isinstance(self.shift, bool) or not (isinstance(self.shift, int | float) and self.shift > 0
+                                                 and math.isfinite(self.shift)):
+            raise UsageError(f"shift must be a positive number, got {self.shift!r}")
+        if self.shift_terminal is not None and not 0 < self.shift_terminal < 1:
+            raise UsageError(f"shift_terminal must lie in (0, 1), got {self.shift_terminal}")
+        if self.time_shift_type not in TIME_SHIFT_TYPES:
+            raise UsageError(f"time_shift_type must be one of {TIME_SHIFT_TYPES}, got {self.time_shift_type!r}")
+        if self.num_train_timesteps < 1:
+            raise UsageError("num_train_timesteps must be >= 1")
+        if self.mu is not None and not math.isfinite(self.mu):
+            raise UsageError(f"mu must be a finite number, got {self.mu}")
+
+    def _shifted(self, sig: np.ndarray, mu: float | None) -> np.ndarray:
+        if self.dynamic:
+            if mu is None:
+                raise UsageError("this flow schedule shifts by resolution: give mu (e.g. from calculate_shift)")
+            if self.time_shift_type == "exponential":
+                return math.exp(mu) / (math.exp(mu) + (1 / sig - 1) ** 1.0)
+            return mu / (mu + (1 / sig - 1) ** 1.0)
+        return self.shift * sig / (1 + (self.shift - 1) * sig)
+
+    def sigmas(self, n: int, mu: float | None = None) -> np.ndarray:
+        """n decreasing σ (float64 holding diffusers' float32 values; the final 0 not included)."""
+        N = self.num_train_timesteps
+        train = torch.from_numpy(np.linspace(1, N, N, dtype=np.float32)[::-1].copy()) / N  # float32, as diffusers
+        if not self.dynamic:
+            train = self.shift * train / (1 + (self.shift - 1) * train)
+        s_max, s_min = train[0].item(), train[-1].item()
+        sig = np.linspace(s_max * N, s_min * N, n) / N
+        sig = self._shifted(sig, self.mu if mu is None else mu)
+        if self.shift_terminal and sig[-1] < 1:  # (diffusers divides by zero for a one-step list: NaN)
+            one_minus = 1 - sig
+            sig = 1 - one_minus / (one_minus[-1] / (1 - self.shift_terminal))
+        return torch.from_numpy(np.asarray(sig)).to(torch.float32).double().numpy()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shift": self.shift, "use_dynamic_shifting": self.dynamic, "shift_terminal": self.shift_terminal,
+                "time_shift_type": self.time_shift_type, "num_train_timesteps": self.num_train_timesteps}
+
+
+def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096, base_shift: float = 0.5,
+                    max_shift: float = 1.15) -> float:
+    """Flux's μ: linear in the token count between (base_seq_len, base_shift) and (max_seq_len, max_shift)."""
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return image_seq_len * m + (base_shift - m * base_seq_len)
+CONTINUOUS_SPACINGS = ("uniform", "logsnr", "karras", "flow")
 
 
 class ContinuousPath(NoisePath):
@@ -93,7 +166,8 @@ class ContinuousPath(NoisePath):
 
     grid = False
 
-    def __init__(self, kind: str, t_max: float | None = None, t_min: float = 0.0, time_scale: float = 1.0) -> None:
+    def __init__(self, kind: str, t_max: float | None = None, t_min: float = 0.0, time_scale: float = 1.0,
+                 flow_shift: FlowShift | None = None) -> None:
         if kind not in CONTINUOUS_KINDS:
             raise UsageError(f"unknown path kind {kind!r}; choose one of {', '.join(CONTINUOUS_KINDS)}")
         t_max = {"flow": 1.0, "ve": 80.0, "vp_cosine": 1.0}[kind] if t_max is None else float(t_max)
@@ -102,8 +176,12 @@ class ContinuousPath(NoisePath):
             raise UsageError(f"a {kind} path needs 0 <= t_min < t_max <= {upper}, got t_min={t_min}, t_max={t_max}")
         if not (time_scale > 0 and math.isfinite(time_scale)):
             raise UsageError(f"time_scale must be a positive number, got {time_scale}")
+        if flow_shift is not None and kind != "flow":
+            raise UsageError("a flow shift applies to the flow path only")
         self.kind, self.t_min, self.t_max, self.time_scale = kind, float(t_min), float(t_max), float(time_scale)
-
+        self.flow_variables = kind == "flow"
+        #: diffusers' FlowMatchEuler σ list (spacing "flow", the default when set)
+        self.flow_shift = flow_shift
     @property
     def t_range(self) -> tuple[float, float]:
         return self.t_min, self.t_max
@@ -129,13 +207,18 @@ class ContinuousPath(NoisePath):
     def timesteps(self, num_steps: int | Sequence[float] | torch.Tensor, spacing: str | None = None
                   ) -> torch.Tensor:
         """`uniform` in t, uniform in λ (`logsnr`) or Karras' ρ = 7 in σ/α (`karras`), from t_max down to
-        t_min (or to t_max/n when t_min = 0, the last level before the data)."""
+        t_min (or to t_max/n when t_min = 0, the last level before the data); on a flow path with a
+        `flow_shift`, `flow` (the default there) is diffusers' FlowMatchEuler σ list with its shift."""
         if isinstance(num_steps, torch.Tensor) or not isinstance(num_steps, int | np.integer):
             return self.validate_timesteps(num_steps)
         n = int(num_steps)
         if isinstance(num_steps, bool) or n < 1:
             raise UsageError(f"steps must be a positive integer, got {num_steps}")
-        spacing = spacing or "uniform"
+        spacing = spacing or ("flow" if self.flow_shift is not None else "uniform")
+        if spacing == "flow":
+            if self.flow_shift is None:
+                raise UsageError("spacing 'flow' needs a flow path with a flow shift (a flow-matching model)")
+            return self.validate_timesteps(self.flow_shift.sigmas(n))
         lo = self.t_min if self.t_min > 0 else self.t_max / n
         if n == 1:
             return torch.tensor([self.t_max], dtype=torch.float64)
@@ -170,4 +253,5 @@ class ContinuousPath(NoisePath):
         return arr.contiguous()
 
     def __repr__(self) -> str:
-        return f"ContinuousPath({self.kind!r}, t_max={self.t_max:g}, t_min={self.t_min:g})"
+        extra = f", flow_shift={self.flow_shift}" if self.flow_shift is not None else ""
+        return f"ContinuousPath({self.kind!r}, t_max={self.t_max:g}, t_min={self.t_min:g}{extra})"

@@ -5,6 +5,8 @@ exit belong to the run (`ddim.core.run`). For x_t = α x0 + σ ε (any path):
   epsilon:       x̂0 = (x − σ ε̂)/α                         (DDIM eq. 9)
   sample:        ε̂ = (x − α x̂0)/σ
   v_prediction:  v = α ε − σ x0, so x̂0 = (α x − σ v)/(α² + σ²), ε̂ = (σ x + α v)/(α² + σ²)  (Salimans & Ho 2022)
+  flow:          u = ε − x0 (the rectified-flow velocity; dx/dσ on the flow path α = 1 − σ),
+                 so x̂0 = (x − σ u)/(α + σ), ε̂ = (x + α u)/(α + σ)   (Liu et al. 2023; Lipman et al. 2023)
 Without clipping both are affine in (x, out): x̂0 = k1 x + k2 out, ε̂ = k3 x + k4 out, which samplers fold
 into their own precomputed float64 coefficients.
 """
@@ -20,7 +22,7 @@ import torch
 from .errors import ModelOutputError, UsageError
 from .path import NoisePath
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow")
 Affine = tuple[float, float, float, float]
 
 
@@ -31,8 +33,26 @@ def affine_coefficients(prediction_type: str, alpha: float, sigma: float) -> Aff
         return (1 / alpha, -sigma / alpha, 0.0, 1.0) if alpha > 0 else (math.nan, math.nan, 0.0, 1.0)
     if prediction_type == "sample":
         return (0.0, 1.0, 1 / sigma, -alpha / sigma) if sigma > 0 else (0.0, 1.0, 0.0, 0.0)
+    if prediction_type == "flow":
+        n = alpha + sigma
+        return (1 / n, -sigma / n, 1 / n, alpha / n)
     n = alpha * alpha + sigma * sigma
     return (alpha / n, -sigma / n, sigma / n, alpha / n)
+
+
+def output_from(prediction_type: str, alpha: float, sigma: float, eps: torch.Tensor, x0: torch.Tensor
+                ) -> torch.Tensor:
+    """What a network of `prediction_type` outputs for a given (ε, x0) at level (α, σ): with
+    `affine_coefficients` this converts among all four prediction types."""
+    if prediction_type == "epsilon":
+        return eps
+    if prediction_type == "sample":
+        return x0
+    if prediction_type == "v_prediction":
+        return alpha * eps - sigma * x0
+    if prediction_type == "flow":
+        return eps - x0
+    raise UsageError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}")
 
 
 class Denoiser:

@@ -265,7 +265,7 @@ def export_diffusers(unet: torch.nn.Module, schedule_config: dict[str, Any], out
     atomic_write_json(tmp / "scheduler" / "scheduler_config.json", sched_cfg)
     atomic_write_json(tmp / "model_index.json", {"_class_name": "DDPMPipeline", "_diffusers_version": "0.42.1",
                                                  "unet": ["diffusers", "UNet2DModel"],
-                                                 "scheduler": ["diffusers", "DDPMScheduler"]})
+                                                 "scheduler": ["diffusers", sched_cfg["_class_name"]]})
     if conditioning is not None:
         atomic_write_json(tmp / "conditioning.json", conditioning)
     if out.exists():

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import UsageError
+from ..core.path import ContinuousPath, FlowShift, NoisePath, calculate_shift
 from ..core.prediction import PREDICTION_TYPES, Denoiser
 from ..core.schedule import SPACINGS, NoiseSchedule
 from .checkpoint import read_json
@@ -50,15 +51,18 @@ SCHEDULE_CONFIG_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_s
                         "set_alpha_to_one", "steps_offset", "rescale_betas_zero_snr", "timestep_spacing")
 
 
+def _raw_config(config: dict[str, Any] | str | Path) -> tuple[dict[str, Any], str]:
+    if isinstance(config, dict):
+        return config, "scheduler config"
+    path = Path(config)
+    if path.is_dir():
+        path = path / "scheduler_config.json"
+    return read_json(path), str(path)
+
+
 def read_scheduler_config(config: dict[str, Any] | str | Path) -> tuple[dict[str, Any], str]:
     """(validated config with defaults filled in, where it came from) from a dict or a scheduler_config.json."""
-    where = "scheduler config"
-    if not isinstance(config, dict):
-        path = Path(config)
-        if path.is_dir():
-            path = path / "scheduler_config.json"
-        where = str(path)
-        config = read_json(path)
+    config, where = _raw_config(config)
     unknown = sorted(set(config) - set(_SCHEDULE_KEYS) - _OTHER_KEYS)
     if unknown:
         warnings.warn(f"{where}: ignoring unknown scheduler config keys: {', '.join(unknown)}", stacklevel=3)
@@ -83,8 +87,70 @@ def read_scheduler_config(config: dict[str, Any] | str | Path) -> tuple[dict[str
     return out, where
 
 
-def schedule_from_config(config: dict[str, Any] | str | Path) -> NoiseSchedule:
-    """The noise schedule of a diffusers scheduler config (dict, file, or folder holding scheduler_config.json)."""
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
+_FLOW_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
+    "num_train_timesteps": ((int,), 1000),
+    "shift": ((float, int), 1.0),
+    "use_dynamic_shifting": ((bool,), False),
+    "base_shift": ((float, int, type(None)), 0.5),
+    "max_shift": ((float, int, type(None)), 1.15),
+    "base_image_seq_len": ((int, type(None)), 256),
+    "max_image_seq_len": ((int, type(None)), 4096),
+    "shift_terminal": ((float, int, type(None)), None),
+    "time_shift_type": ((str,), "exponential"),
+    "invert_sigmas": ((bool,), False),
+    "stochastic_sampling": ((bool,), False),
+    "use_karras_sigmas": ((bool,), False),
+    "use_exponential_sigmas": ((bool,), False),
+    "use_beta_sigmas": ((bool,), False),
+}
+
+
+def is_flow_config(config: dict[str, Any]) -> bool:
+    return config.get("_class_name") in FLOW_SCHEDULERS
+
+
+def flow_path_from_config(config: dict[str, Any], where: str = "scheduler config",
+                          image_seq_len: int | None = None) -> ContinuousPath:
+    """The flow path (σ = t, network time σ·N) and σ list of a FlowMatchEulerDiscreteScheduler config; under
+    dynamic shifting μ comes from `image_seq_len` (Flux's calculate_shift)."""
+    c = {}
+    for key, (types, default) in _FLOW_KEYS.items():
+        v = config.get(key, default)
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types) or (
+                isinstance(v, float) and not math.isfinite(v)):
+            want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise UsageError(f"{where}: {key} must be {want}, got {json.dumps(v)[:60]}")
+        c[key] = v
+    for key in ("invert_sigmas", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"):
+        if c[key]:
+            raise UsageError(f"{where}: {key} is not supported for flow models (use --spacing karras instead)")
+    mu = None
+    if c["use_dynamic_shifting"] and image_seq_len is not None:
+        mu = calculate_shift(image_seq_len, c["base_image_seq_len"] or 256, c["max_image_seq_len"] or 4096,
+                             c["base_shift"] if c["base_shift"] is not None else 0.5,
+                             c["max_shift"] if c["max_shift"] is not None else 1.15)
+    try:
+        shift = FlowShift(float(c["shift"]), c["use_dynamic_shifting"], mu,
+                          None if c["shift_terminal"] is None else float(c["shift_terminal"]), c["time_shift_type"],
+                          c["num_train_timesteps"])
+    except UsageError as e:
+        raise UsageError(f"{where}: {e}") from None
+    return ContinuousPath("flow", t_max=1.0, time_scale=float(c["num_train_timesteps"]), flow_shift=shift)
+
+
+def flow_config(path: ContinuousPath) -> dict[str, Any]:
+    """A FlowMatchEulerDiscreteScheduler config for a flow path."""
+    fs = path.flow_shift or FlowShift(num_train_timesteps=int(path.time_scale))
+    return {"_class_name": "FlowMatchEulerDiscreteScheduler", "_diffusers_version": "0.42.1", **fs.to_json()}
+
+
+def schedule_from_config(config: dict[str, Any] | str | Path) -> NoisePath:
+    """The noise path of a diffusers scheduler config (dict, file, or folder holding scheduler_config.json):
+    a grid schedule, or the flow path of a FlowMatch scheduler."""
+    raw, where = _raw_config(config)
+    if is_flow_config(raw):
+        return flow_path_from_config(raw, where)
     c, where = read_scheduler_config(config)
     T, rescale, spacing = c["num_train_timesteps"], c["rescale_betas_zero_snr"], c["timestep_spacing"]
     kw = {"steps_offset": c["steps_offset"], "spacing": spacing}
@@ -112,8 +178,13 @@ def schedule_from_config(config: dict[str, Any] | str | Path) -> NoiseSchedule:
     return sched
 
 
-def schedule_to_config(sched: NoiseSchedule) -> dict[str, Any]:
-    """A scheduler config diffusers' schedulers accept (betas written out when not a named schedule)."""
+def schedule_to_config(sched: NoisePath) -> dict[str, Any]:
+    """A scheduler config diffusers' schedulers accept (betas written out when not a named schedule; a flow
+    path as FlowMatchEulerDiscreteScheduler)."""
+    if isinstance(sched, ContinuousPath) and sched.kind == "flow":
+        return flow_config(sched)
+    if not isinstance(sched, NoiseSchedule):
+        raise UsageError(f"no diffusers scheduler config for {sched!r}")
     cfg = {k: v for k, v in sched.config.items() if k in SCHEDULE_CONFIG_KEYS}
     if "beta_schedule" not in cfg and "trained_betas" not in cfg:
         cfg["trained_betas"] = sched.betas.tolist()
@@ -126,7 +197,12 @@ def schedule_to_config(sched: NoiseSchedule) -> dict[str, Any]:
 
 def denoiser_from_config(net: Callable[..., Any] | None, config: dict[str, Any] | str | Path,
                          sample_shape: tuple[int, ...] | None = None) -> Denoiser:
-    """A Denoiser with the schedule and prediction options of a diffusers scheduler config."""
+    """A Denoiser with the schedule and prediction options of a diffusers scheduler config (a FlowMatch config:
+    the flow path and velocity prediction; μ for dynamic shifting from the sample size, 2×2 patches)."""
+    raw, where = _raw_config(config)
+    if is_flow_config(raw):
+        seq = (sample_shape[-1] // 2) * (sample_shape[-2] // 2) if sample_shape and len(sample_shape) == 3 else None
+        return Denoiser(net, flow_path_from_config(raw, where, seq), prediction_type="flow", sample_shape=sample_shape)
     c, _ = read_scheduler_config(config)
     clip = float(c["clip_sample_range"]) if c["clip_sample"] else None
     return Denoiser(net, schedule_from_config(c), prediction_type=c["prediction_type"], clip_sample=clip,

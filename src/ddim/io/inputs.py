@@ -65,3 +65,21 @@ def load_direction(spec: str, den: Denoiser, sample_shape: Sequence[int], *, exa
     if tuple(d.shape) != tuple(sample_shape):
         raise UsageError(f"direction {spec} has shape {tuple(d.shape)}, the model takes {tuple(sample_shape)}")
     return d.to(torch.float32)
+
+
+def input_labels(source: str, *, index: Sequence[int] | None = None, n: int | None = None) -> torch.Tensor:
+    """The class labels of the rows `load_inputs` returns (labelled data only)."""
+    from .data import labels
+
+    y = labels(source)
+    return y[list(index)] if index else y[:n]
+
+
+def class_labels(spec: str, n: int) -> torch.Tensor:
+    """`--class 7` or `--class 1,2,3`: one class, or a list cycled over the n samples (sample i gets
+    classes[i mod k], whatever the batching)."""
+    try:
+        classes = [int(v) for v in str(spec).split(",")]
+    except ValueError:
+        raise UsageError(f"--class takes a class number or a comma list of them, got {spec!r}") from None
+    return torch.tensor([classes[i % len(classes)] for i in range(n)], dtype=torch.long)

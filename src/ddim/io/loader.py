@@ -14,7 +14,7 @@ from ..core.errors import UsageError
 from ..core.prediction import Denoiser
 from ..core.schedule import NoiseSchedule
 
-BUILTIN_MODELS = ("digits",)
+BUILTIN_MODELS = ("digits", "digits-cond")
 
 
 @dataclass

@@ -146,10 +146,11 @@ def save_animation(xs: torch.Tensor, path: str | Path, ms_per_frame: int = 120) 
     return path
 
 
-def save_edit_grid(outs: torch.Tensor, scales: Sequence[float], path: str | Path) -> Path:
-    """(len(scales), N, ...) → rows are samples, columns are scales."""
+def save_edit_grid(outs: torch.Tensor, columns: Sequence[float | str], path: str | Path) -> Path:
+    """(len(columns), N, ...) → rows are samples, columns are edit scales (numbers) or named stages."""
     k, n = outs.shape[:2]
+    names = [f"scale {c:+g}" if isinstance(c, int | float) else str(c) for c in columns]
     if outs.ndim == 3 and outs.shape[2] == 2:
-        return scatter([(f"scale {s:+g}", outs[i]) for i, s in enumerate(scales)], path)
+        return scatter([(name, outs[i]) for i, name in enumerate(names)], path)
     grid = outs.transpose(0, 1).reshape(k * n, *outs.shape[2:])
-    return image_grid(grid, path, nrow=k, title="scales " + ", ".join(f"{s:+g}" for s in scales), scale=0.6)
+    return image_grid(grid, path, nrow=k, title="columns: " + " | ".join(names), scale=0.6)

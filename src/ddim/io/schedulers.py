@@ -1,4 +1,5 @@
-"""A diffusers-compatible DDIM scheduler built on ddim's core (drop-in: `pipe.scheduler = DDIMScheduler(...)`).
+"""diffusers-compatible DDIM, DPM-Solver++ and flow-matching Euler schedulers built on ddim's core
+(drop-in: `pipe.scheduler = DDIMScheduler(...)`).
 
 It keeps diffusers' config keys and scheduler contract but takes the previous timestep from the actual
 next entry of the list (right for every spacing, where diffusers' fixed stride is wrong for `linspace`),
@@ -7,13 +8,18 @@ clamps radicands (no NaN at η = 1 on zero-terminal-SNR schedules) and computes 
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..core.errors import UsageError
 from ..core.noise import noise_fn
+from ..core.path import FlowShift
 from ..core.samplers.base import FirstOrderPlan, first_order_update
 from ..core.samplers.ddim import ddim_plan
 from ..core.samplers.dpmpp import dpmpp_plan, multistep_update
@@ -166,3 +172,144 @@ class DPMSolverMultistepScheduler(_CoreScheduler):
         if not return_dict:
             return (prev,)
         return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+
+
+class FlowMatchEulerDiscreteScheduler(SchedulerMixin, ConfigMixin):
+    """ddim's flow Euler step (DDIM η = 0 on the flow path) behind diffusers' FlowMatchEulerDiscreteScheduler
+    interface: the same constructor, `set_timesteps(n, mu=…)` and σ list to the bit.
+
+    Differences: a one-step list with `shift_terminal` is [1.0] (diffusers divides by zero and returns NaN);
+    coefficients are float64; `timesteps=` without sigmas is refused (diffusers shifts the σ derived from them
+    but keeps the unshifted timesteps, so the two disagree): pass `sigmas`.
+    """
+
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        shift: float = 1.0,
+        use_dynamic_shifting: bool = False,
+        base_shift: float | None = 0.5,
+        max_shift: float | None = 1.15,
+        base_image_seq_len: int | None = 256,
+        max_image_seq_len: int | None = 4096,
+        invert_sigmas: bool = False,
+        shift_terminal: float | None = None,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        time_shift_type: str = "exponential",
+        stochastic_sampling: bool = False,
+    ) -> None:
+        cfg = {**dict(self.config), "_class_name": "FlowMatchEulerDiscreteScheduler"}
+        self._den = denoiser_from_config(None, cfg)
+        self._shift = float(shift)
+        N = num_train_timesteps
+        train = self._den.schedule.flow_shift.sigmas(N) if not use_dynamic_shifting else \
+            torch.linspace(1, N, N, dtype=torch.float32).flip(0).double().numpy() / N
+        self.sigmas = torch.from_numpy(train).float()
+        self.timesteps = self.sigmas * N
+        self.sigma_min, self.sigma_max = float(self.sigmas[-1]), float(self.sigmas[0])
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps: int | None = None
+        self._step_index: int | None = None
+        self._begin_index: int | None = None
+
+    @property
+    def shift(self) -> float:
+        return self._shift
+
+    def set_shift(self, shift: float) -> None:
+        self._shift = float(shift)
+
+    @property
+    def step_index(self) -> int | None:
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        self._begin_index = begin_index
+
+    def _flow_shift(self) -> FlowShift:
+        fs = self._den.schedule.flow_shift
+        return dataclasses.replace(fs, shift=self._shift)
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
+                      sigmas: list[float] | None = None, mu: float | None = None,
+                      timesteps: list[float] | None = None) -> None:
+        """diffusers' σ list (shifted, stretched to shift_terminal) for n steps, or the given σ (shifted, as
+        diffusers does), then a final 0."""
+        fs = self._flow_shift()
+        if fs.dynamic and mu is None:
+            raise UsageError("mu must be passed when use_dynamic_shifting is set")
+        if sigmas is not None:
+            sig = fs._shifted(np.asarray(sigmas, dtype=np.float32).astype(np.float64), mu)
+            if fs.shift_terminal and sig[-1] < 1:
+                one_minus = 1 - sig
+                sig = 1 - one_minus / (one_minus[-1] / (1 - fs.shift_terminal))
+            sig = torch.from_numpy(np.asarray(sig)).float().double()
+        elif timesteps is not None:
+            raise UsageError("pass sigmas= (timesteps= alone gives inconsistent σ in diffusers' scheduler)")
+        else:
+            if num_inference_steps is None:
+                raise UsageError("give num_inference_steps, sigmas or timesteps")
+            sig = torch.from_numpy(fs.sigmas(int(num_inference_steps), mu))
+        self._ts = self._den.schedule.validate_timesteps(sig)
+        self._plan = ddim_plan(self._den, self._ts, 0.0)
+        self.num_inference_steps = len(self._ts)
+        s32 = self._ts.float()
+        self.timesteps = (s32 * self.config.num_train_timesteps).to(device)
+        self.sigmas = torch.cat([s32, torch.zeros(1)]).to(device)
+        self._step_index = None
+        self._begin_index = None
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: float | None = None) -> torch.Tensor:
+        return sample
+
+    def scale_noise(self, sample: torch.Tensor, timestep: torch.Tensor | float,
+                    noise: torch.Tensor | None = None) -> torch.Tensor:
+        """x_σ = σ ε + (1 − σ) x0 at the σ of `timestep` (its place in the list)."""
+        i = self._index_of(timestep)
+        s = float(self._ts[i])
+        return s * noise + (1.0 - s) * sample
+
+    def _index_of(self, timestep: torch.Tensor | float) -> int:
+        if self.num_inference_steps is None:
+            raise UsageError("call set_timesteps before step")
+        if (isinstance(timestep, int) and not isinstance(timestep, bool)) or (
+                isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()):
+            raise UsageError("pass one of scheduler.timesteps as the timestep, not an integer index")
+        if self._step_index is not None:
+            return self._step_index
+        if self._begin_index is not None:
+            return self._begin_index
+        t = float(timestep)
+        diffs = (self.timesteps.double().cpu() - t).abs()
+        return int(diffs.argmin())
+
+    def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor,
+             s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+             generator: torch.Generator | None = None, per_token_timesteps: torch.Tensor | None = None,
+             return_dict: bool = True) -> FlowMatchEulerDiscreteSchedulerOutput | tuple[torch.Tensor]:
+        """One flow Euler step x' = x + (σ' − σ) u, through the same plan and update as `ddim.sample`."""
+        if per_token_timesteps is not None:
+            raise UsageError("per-token timesteps are not supported")
+        i = self._index_of(timestep)
+        x = sample.to(torch.float32)
+        if self.config.stochastic_sampling:
+            x0 = self._den.x0_from_output(x, self._plan.t[i], model_output.to(torch.float32))
+            s_next = float(self.sigmas[i + 1])
+            prev = (1.0 - s_next) * x0 + s_next * noise_fn(generator, x)()
+        else:
+            prev, _ = first_order_update(self._den, self._plan, i, x, model_output.to(torch.float32))
+        self._step_index = i + 1
+        prev = prev.to(model_output.dtype)
+        return FlowMatchEulerDiscreteSchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps

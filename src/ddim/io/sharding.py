@@ -90,7 +90,7 @@ def sample_sharded(den: Denoiser, sample_shape: tuple[int, ...], n: int, *, batc
         raise UsageError("batch must be >= 1")
     manifest = {"model": model_fingerprint(den), "n": n, "batch": batch, "seed": seed,
                 "sample_shape": list(sample_shape),
-                "sampling": json.loads(json.dumps(sample_kw, default=str, sort_keys=True))}
+                "sampling": json.loads(json.dumps(sample_kw, default=_jsonable, sort_keys=True))}
     _prepare(folder, manifest, dist)
     chunks = [(s, min(s + batch, n)) for s in range(0, n, batch)]
     for k, (a, b) in enumerate(chunks):
@@ -99,7 +99,8 @@ def sample_sharded(den: Denoiser, sample_shape: tuple[int, ...], n: int, *, batc
         path = shard_path(folder, seed + a, seed + b)
         if path.is_file() and _load_shard(path, (b - a, *sample_shape)) is not None:
             continue  # done by an earlier, interrupted run with the same manifest
-        x, st = sample(den, (b - a, *sample_shape), seeds=range(seed + a, seed + b), return_stats=True, **sample_kw)
+        kw = {k: (_rows(v, a, b, n) if k in ("condition", "uncond") else v) for k, v in sample_kw.items()}
+        x, st = sample(den, (b - a, *sample_shape), seeds=range(seed + a, seed + b), return_stats=True, **kw)
         if stats is not None:
             stats.nfe = st.nfe
         atomic_save_npy(path, x.detach().cpu().numpy())
@@ -117,6 +118,19 @@ def sample_sharded(den: Denoiser, sample_shape: tuple[int, ...], n: int, *, batc
             raise UsageError(f"shard {path} is missing or damaged and was removed; rerun the same command to redo it")
         parts.append(arr)
     return np.concatenate(parts)
+
+
+def _jsonable(o: Any) -> Any:
+    return o.tolist() if isinstance(o, torch.Tensor) else str(o)
+
+
+def _rows(cond: Any, a: int, b: int, n: int) -> Any:
+    """Rows a..b of a per-sample condition (labels, or a dict of batch-first tensors); one-for-all stays."""
+    if isinstance(cond, dict):
+        return {k: _rows(v, a, b, n) for k, v in cond.items()}
+    if isinstance(cond, torch.Tensor | list | tuple) and len(cond) == n and n > 1:
+        return cond[a:b]
+    return cond
 
 
 def draw(den: Denoiser, sample_shape: tuple[int, ...], n: int, *, batch: int, seed: int, shard_folder: Path,

@@ -15,6 +15,7 @@ from torch import nn
 from ..core.errors import UsageError
 from ..core.guidance import ClassLabels
 from ..core.path import NoisePath
+from ..core.prediction import output_from
 from ..core.schedule import NoiseSchedule
 
 
@@ -82,6 +83,18 @@ class GaussianMixture:
         r = torch.softmax(logterm, dim=1)
         return -(r[..., None] * cinv_diff).sum(1)
 
+    def posterior_mean_at(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """E[x0 | x_t] = Σ_k r_k(x) (μ_k + α Σ_k C_k^{-1}(x − α μ_k)): finite at pure noise (α = 0)."""
+        logterm, _ = self._noised_terms(x, alpha, sigma)
+        dt = x.dtype
+        al = alpha.to(dt).reshape(-1, 1, 1)
+        sg = sigma.to(dt).reshape(-1, 1, 1)
+        mu, lam, U = self.means.to(x.device, dt), self._lam.to(x.device, dt), self._U.to(x.device, dt)
+        proj = torch.einsum("bkd,kde->bke", x[:, None, :] - al * mu[None], U)
+        shrink = torch.einsum("bke,kde->bkd", proj * lam[None] / (al * al * lam[None] + sg * sg), U)
+        r = torch.softmax(logterm, dim=1)
+        return (r[..., None] * (mu[None] + al * shrink)).sum(1)
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n exact samples (float64)."""
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
@@ -89,23 +102,32 @@ class GaussianMixture:
         L = torch.linalg.cholesky(self.covariances)
         return self.means[k] + torch.einsum("nij,nj->ni", L[k], z)
 
-    def eps_model(self, schedule: NoisePath) -> MixtureEpsilon:
-        """The exact noise predictor ε*(x, t) for this mixture on a noise path (grid or continuous)."""
-        return MixtureEpsilon(self, schedule)
+    def eps_model(self, schedule: NoisePath, prediction_type: str = "epsilon") -> MixtureEpsilon:
+        """The exact network for this mixture on a noise path (grid or continuous): ε*(x, t) by default, or
+        the exact x0 / v / flow-velocity output for `prediction_type`."""
+        return MixtureEpsilon(self, schedule, prediction_type)
 
 
 class MixtureEpsilon(nn.Module):
-    """net(x, t) = ε*(x, t) = -σ_t ∇log p_t(x), computed in x's dtype (t: the path's time input)."""
+    """net(x, t) = ε*(x, t) = -σ_t ∇log p_t(x), computed in x's dtype (t: the path's time input); for other
+    prediction types the same exact posterior, through E[x0 | x_t] (finite at α = 0 for velocity models)."""
 
-    def __init__(self, mixture: GaussianMixture, schedule: NoisePath) -> None:
+    def __init__(self, mixture: GaussianMixture, schedule: NoisePath, prediction_type: str = "epsilon") -> None:
         super().__init__()
         self.mixture = mixture
         self.schedule = schedule
+        self.prediction_type = prediction_type
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         al, sg = _levels(self.schedule, t, shape[0], x.device)
-        return (-sg.to(x.dtype)[:, None] * self.mixture.score_at(x.reshape(shape[0], -1), al, sg)).reshape(shape)
+        x2 = x.reshape(shape[0], -1)
+        if self.prediction_type == "epsilon":
+            return (-sg.to(x.dtype)[:, None] * self.mixture.score_at(x2, al, sg)).reshape(shape)
+        x0 = self.mixture.posterior_mean_at(x2, al, sg)
+        a, g = al.to(x.dtype)[:, None], sg.to(x.dtype)[:, None]
+        eps = (x2 - a * x0) / g
+        return output_from(self.prediction_type, a, g, eps, x0).reshape(shape)
 
     def eps_at(self, x: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
         """ε* at given ᾱ values (B,), for points x (B, D): no timestep grid involved."""

@@ -39,24 +39,45 @@ class SwapResult:
     edited: torch.Tensor
 
 
+def encode(denoiser: Denoiser, x0: torch.Tensor, source: Any, timesteps: torch.Tensor, *,
+           guidance: Guidance | float | None = None, inversion: str = "refined", refine: int = 3
+           ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """x0's latent under `source`, and the decoding arguments (condition, guidance, uncond) that reconstruct it."""
+    if inversion not in INVERSIONS:
+        raise UsageError(f"unknown inversion {inversion!r}; choose one of {', '.join(INVERSIONS)}")
+    if inversion == "negative":
+        return invert(denoiser, x0, timesteps=timesteps, refine=refine, condition=source), {"condition": source}
+    z = invert(denoiser, x0, timesteps=timesteps, refine=refine if inversion == "refined" else 0, condition=source,
+               guidance=guidance)
+    return z, {"condition": source, "guidance": guidance}
+
+
 def swap_condition(denoiser: Denoiser, x0: torch.Tensor, source: Any, target: Any, *, steps: int = 50,
                    spacing: str | None = None, guidance: Guidance | float | None = None, inversion: str = "refined",
                    refine: int = 3) -> SwapResult:
     """Invert x0 under `source`, decode the same latent under `source` (reconstruction) and `target` (edit)."""
-    if inversion not in INVERSIONS:
-        raise UsageError(f"unknown inversion {inversion!r}; choose one of {', '.join(INVERSIONS)}")
     ts = resolve_timesteps(denoiser, steps, spacing, None)
-    if inversion == "negative":
-        z = invert(denoiser, x0, timesteps=ts, refine=refine, condition=source)
-        rec = sample(denoiser, x_T=z, timesteps=ts, condition=source)
-        src = bind(denoiser, source).condition  # the source's network arguments, as the negative branch
-        edited = sample(denoiser, x_T=z, timesteps=ts, condition=target, guidance=guidance, uncond=src)
-        return SwapResult(z, rec, edited)
-    z = invert(denoiser, x0, timesteps=ts, refine=refine if inversion == "refined" else 0, condition=source,
-               guidance=guidance)
-    rec = sample(denoiser, x_T=z, timesteps=ts, condition=source, guidance=guidance)
-    edited = sample(denoiser, x_T=z, timesteps=ts, condition=target, guidance=guidance)
+    z, rec_kw = encode(denoiser, x0, source, ts, guidance=guidance, inversion=inversion, refine=refine)
+    rec = sample(denoiser, x_T=z, timesteps=ts, **rec_kw)
+    # negative: the source's network arguments become the unconditional branch of the guided edit
+    unc = bind(denoiser, source).condition if inversion == "negative" else None
+    edited = sample(denoiser, x_T=z, timesteps=ts, condition=target, guidance=guidance, uncond=unc)
     return SwapResult(z, rec, edited)
+
+
+def guided_reconstruction(denoiser: Denoiser, x0: torch.Tensor, source: Any, scales: Sequence[float],
+                          steps_list: Sequence[int], refine: int = 3) -> list[dict[str, Any]]:
+    """Per-dimension MSE of decode(encode(x0)) under guidance w, for each inversion and step count."""
+    rows = []
+    for steps in steps_list:
+        ts = resolve_timesteps(denoiser, steps, None, None)
+        for w in scales:
+            row: dict[str, Any] = {"steps": steps, "scale": w}
+            for mode in INVERSIONS:
+                z, kw = encode(denoiser, x0, source, ts, guidance=w, inversion=mode, refine=refine)
+                row[mode] = float((sample(denoiser, x_T=z, timesteps=ts, **kw) - x0).pow(2).mean())
+            rows.append(row)
+    return rows
 
 
 def sdedit(denoiser: Denoiser, x0: torch.Tensor, strength: float, *, condition: Any = None,

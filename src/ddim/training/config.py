@@ -9,9 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UsageError
+from ..core.path import ContinuousPath, FlowShift, NoisePath
+from ..core.prediction import PREDICTION_TYPES
 from ..core.schedule import NoiseSchedule
 
 SCHEDULES = ("linear", "scaled_linear", "cosine")
+OBJECTIVES = ("ddpm", "flow")
+TIME_SAMPLINGS = ("uniform", "logit_normal")
 
 
 @dataclass
@@ -38,6 +42,11 @@ class TrainConfig:
     hidden: int = 128
     depth: int = 3
     n_data: int | None = None
+    objective: str = "ddpm"  # ddpm: L_simple on the β schedule; flow: flow matching on x_t = (1 − t) x0 + t ε
+    time_sampling: str = "uniform"  # flow: t ~ U(0, 1), or logit_normal (SD3: t = sigmoid(m + s·n))
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: float = 1.0  # flow: the σ-list shift stored in the scheduler config (sampling-time default)
     conditional: bool = False  # class-conditional (labelled data): a class embedding plus a learned null class
     label_dropout: float = 0.1  # fraction of labels replaced by the null class (classifier-free guidance)
 
@@ -65,8 +74,19 @@ class TrainConfig:
             raise UsageError(f"lr must be a positive number, got {self.lr}")
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
-        if self.prediction_type not in ("epsilon", "sample", "v_prediction"):
+        if self.prediction_type not in PREDICTION_TYPES:
             raise UsageError(f"unknown prediction_type {self.prediction_type!r}")
+        if self.objective not in OBJECTIVES:
+            raise UsageError(f"{where}: unknown objective {self.objective!r}; choose one of {OBJECTIVES}")
+        if (self.objective == "flow") != (self.prediction_type == "flow"):
+            raise UsageError(f"{where}: the flow objective trains prediction_type 'flow' (velocity ε − x0), and "
+                             "only it does; ddpm takes epsilon, sample or v_prediction")
+        if self.time_sampling not in TIME_SAMPLINGS:
+            raise UsageError(f"{where}: unknown time_sampling {self.time_sampling!r}; choose one of {TIME_SAMPLINGS}")
+        if self.time_sampling != "uniform" and self.objective != "flow":
+            raise UsageError(f"{where}: time_sampling {self.time_sampling!r} is for the flow objective")
+        if not self.logit_std > 0 or not self.shift > 0:
+            raise UsageError(f"{where}: logit_std and shift must be > 0")
         if self.schedule not in SCHEDULES:
             raise UsageError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
         if not 0 <= self.label_dropout < 1:
@@ -115,8 +135,12 @@ class TrainConfig:
         return cfg
 
 
-def build_schedule(cfg: TrainConfig) -> NoiseSchedule:
+def build_schedule(cfg: TrainConfig) -> NoisePath:
+    """The run's noise path: the β schedule (ddpm), or the flow path with its σ-list shift (flow)."""
     T = cfg.num_train_timesteps
+    if cfg.objective == "flow":
+        shift = FlowShift(cfg.shift, num_train_timesteps=T)
+        return ContinuousPath("flow", t_max=1.0, time_scale=float(T), flow_shift=shift)
     if cfg.schedule == "cosine":
         return NoiseSchedule.cosine(T)
     ctor = NoiseSchedule.linear if cfg.schedule == "linear" else NoiseSchedule.scaled_linear
@@ -131,4 +155,5 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "prediction_type": (str,), "schedule": (str,), "num_train_timesteps": (int,), "beta_start": (float,),
     "beta_end": (float,), "checkpoint_every": (int,), "image_size": (int, type(None)), "hidden": (int,),
     "depth": (int,), "n_data": (int, type(None)), "conditional": (bool,), "label_dropout": (float,),
+    "objective": (str,), "time_sampling": (str,), "logit_mean": (float,), "logit_std": (float,), "shift": (float,),
 }

@@ -1,4 +1,5 @@
-"""Training with the DDPM objective L_simple (Ho et al. 2020, eq. 14), EMA, AdamW, atomic checkpoints, resume.
+"""Training with the DDPM objective L_simple (Ho et al. 2020, eq. 14) or flow matching, EMA, AdamW, atomic
+checkpoints, resume.
 
 Every random draw (batch indices, t, noise) comes from one torch.Generator whose state is checkpointed,
 and the learning rate is a pure function of the step, so a run killed at any point and resumed from its
@@ -37,13 +38,34 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def loss_target(pred_type: str, x0: torch.Tensor, noise: torch.Tensor, sa: torch.Tensor, s1: torch.Tensor
-                ) -> torch.Tensor:
-    if pred_type == "epsilon":
-        return noise
-    if pred_type == "sample":
-        return x0
-    return sa * noise - s1 * x0  # v = sqrt(ᾱ) ε - sqrt(1-ᾱ) x0
+def noised_batch(cfg: TrainConfig, x0: torch.Tensor, gen: torch.Generator, abar: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_t, the network's time input, the regression target) for one batch, every draw from `gen`.
+
+    ddpm: t uniform on the grid, x_t = sqrt(ᾱ) x0 + sqrt(1 − ᾱ) ε (DDPM eq. 4), target ε / x0 / v.
+    flow: t ∈ (0, 1) uniform or logit-normal (SD3, Esser et al. 2024 §3.1), x_t = (1 − t) x0 + t ε,
+    target u = ε − x0 (conditional flow matching, Lipman et al. 2023 eq. 23); the net sees t·T.
+    """
+    n = x0.shape[0]
+    if cfg.objective == "flow":
+        if cfg.time_sampling == "logit_normal":
+            t = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(n, generator=gen))
+        else:
+            t = torch.rand(n, generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        tb = _bcast(t, x0)
+        return (1 - tb) * x0 + tb * noise, t * cfg.num_train_timesteps, noise - x0
+    t = torch.randint(0, cfg.num_train_timesteps, (n,), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    sa, s1 = _bcast(abar[t].sqrt(), x0), _bcast((1 - abar[t]).sqrt(), x0)
+    x_t = sa * x0 + s1 * noise
+    if cfg.prediction_type == "epsilon":
+        target = noise
+    elif cfg.prediction_type == "sample":
+        target = x0
+    else:
+        target = sa * noise - s1 * x0  # v = sqrt(ᾱ) ε - sqrt(1-ᾱ) x0
+    return x_t, t, target
 
 
 def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -153,7 +175,8 @@ def setup(cfg: TrainConfig, run: Path, dist: DistInfo, latest: Path | None, log:
 def train_loop(cfg: TrainConfig, run: Path, st: TrainState, dist: DistInfo, progress: bool) -> None:
     """Optimizer steps from st.start to cfg.steps, checkpointing every cfg.checkpoint_every steps."""
     model = dist.wrap(st.net)
-    abar = build_schedule(cfg).alphas_cumprod.float()
+    path = build_schedule(cfg)
+    abar = path.alphas_cumprod.float() if cfg.objective == "ddpm" else None
     N = st.x_data.shape[0]
     per_rank = dist.share(cfg.batch_size)
     bar = None
@@ -167,17 +190,13 @@ def train_loop(cfg: TrainConfig, run: Path, st: TrainState, dist: DistInfo, prog
     null_class = st.spec["config"].get("num_class_embeds", 0) - 1
     for step in range(st.start, cfg.steps):
         idx = torch.randint(0, N, (per_rank,), generator=st.gen)
-        x0 = st.x_data[idx]
-        t = torch.randint(0, cfg.num_train_timesteps, (per_rank,), generator=st.gen)
-        noise = torch.randn(x0.shape, generator=st.gen)
-        sa, s1 = _bcast(abar[t].sqrt(), x0), _bcast((1 - abar[t]).sqrt(), x0)
-        x_t = sa * x0 + s1 * noise  # q(x_t | x_0), DDPM eq. 4
+        x_t, t, target = noised_batch(cfg, st.x_data[idx], st.gen, abar)
         kw = {}
         if st.y_data is not None:  # label dropout: the null class k trains the unconditional branch
             y = st.y_data[idx]
             drop = torch.rand(per_rank, generator=st.gen) < cfg.label_dropout
             kw["class_labels"] = torch.where(drop, torch.full_like(y, null_class), y)
-        loss = F.mse_loss(_output(model(x_t, t, **kw)), loss_target(cfg.prediction_type, x0, noise, sa, s1))
+        loss = F.mse_loss(_output(model(x_t, t, **kw)), target)
         for g in st.opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         st.opt.zero_grad(set_to_none=True)
@@ -216,8 +235,9 @@ def finish(cfg: TrainConfig, run: Path, st: TrainState) -> None:
            "L_simple", logy=True, title=f"{cfg.data}: training loss")
     if st.spec["type"] == "unet":
         cond = ck.read_json(run / "config.json").get("conditioning")
-        ck.export_diffusers(st.ema, schedule_to_config(build_schedule(cfg)), run / "diffusers",
-                            {"prediction_type": cfg.prediction_type, "clip_sample": False}, conditioning=cond)
+        extra = {} if cfg.objective == "flow" else {"prediction_type": cfg.prediction_type, "clip_sample": False}
+        ck.export_diffusers(st.ema, schedule_to_config(build_schedule(cfg)), run / "diffusers", extra,
+                            conditioning=cond)
 
 
 def save_run_checkpoint(run: Path, step: int, net: torch.nn.Module, ema: torch.nn.Module,

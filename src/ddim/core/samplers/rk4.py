@@ -1,7 +1,8 @@
-"""Classical Runge–Kutta (RK4) on the probability-flow ODE in log-SNR time.
+"""Classical Runge–Kutta (RK4) on the probability-flow ODE.
 
-With x_e = x/α and σ_e = e^{-λ}: dx_e/dλ = -σ_e ε̂(α x_e, t(λ)). Stages at the λ midpoint use the
-path's continuous extension (t at a given λ). The last step onto σ = 0 (λ = ∞) is a DDIM step.
+EDM variables: x_e = x/α, σ_e = e^{-λ}, in log-SNR time: dx_e/dλ = -σ_e ε̂(α x_e, t(λ)). Flow variables
+(a flow path, which starts at pure noise where λ = −∞): y = x, s = σ, in σ time: dy/ds = ε̂ − x̂0. Stages at
+the half step use the path's continuous extension (t at a given λ). The last step onto σ = 0 is a DDIM step.
 NFE = 4(S - 1) + 1.
 """
 
@@ -22,11 +23,21 @@ def sample_rk4(model: Tracked, x: torch.Tensor, timesteps: torch.Tensor, *, gene
                callback: Callback | None = None) -> torch.Tensor:
     lv = Levels(model.schedule, timesteps)
     path = model.schedule
+    flow = lv.kappa != 0.0
+    # the time variable τ of the integration and the slope dy/dτ, with y = x / c
+    tau = lv.s if flow else lv.lam
 
-    def f(y: torch.Tensor, lam: float, t: float) -> tuple[torch.Tensor, torch.Tensor]:
-        a = path.alpha_sigma(t)[0]
-        eps, x0 = model(y * a, t)
-        return eps * (-math.exp(-lam)), x0
+    def f(y: torch.Tensor, tau_: float, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+        a, g = path.alpha_sigma(t)
+        c = a + g if flow else a
+        eps, x0 = model(y * c, t)
+        return (torch.sub(eps, x0) if flow else eps * (-math.exp(-tau_))), x0
+
+    def level_at(tau_: float) -> tuple[float, float]:
+        """(t, τ actually reached) for a wanted τ (a grid path interpolates)."""
+        t_ = path.t_at_lambda(math.log((1 - tau_) / tau_) if flow else tau_)
+        a, g = path.alpha_sigma(t_)
+        return t_, (g / (a + g) if flow else path.lam(t_))
 
     n = len(lv)
     for i, t in enumerate(lv.t):
@@ -34,18 +45,16 @@ def sample_rk4(model: Tracked, x: torch.Tensor, timesteps: torch.Tensor, *, gene
             eps, x0 = model(x, t)
             x = lincomb([(lv.alpha[i + 1], x0), (lv.sigma[i + 1], eps)])  # DDIM onto the final level
         else:
-            lam0, lam1 = lv.lam[i], lv.lam[i + 1]
-            h = lam1 - lam0
-            lam_m = lam0 + h / 2
-            t_m = path.t_at_lambda(lam_m)
-            lam_m = path.lam(t_m)  # the λ actually reached (a grid path interpolates)
-            y = x / lv.alpha[i]
-            k1, x0 = f(y, lam0, t)
-            k2, _ = f(y + (h / 2) * k1, lam_m, t_m)
-            k3, _ = f(y + (h / 2) * k2, lam_m, t_m)
-            k4, _ = f(y + h * k3, lam1, lv.t[i + 1])
+            tau0, tau1 = tau[i], tau[i + 1]
+            h = tau1 - tau0
+            t_m, tau_m = level_at(tau0 + h / 2)
+            y = x / lv.c[i]
+            k1, x0 = f(y, tau0, t)
+            k2, _ = f(y + (h / 2) * k1, tau_m, t_m)
+            k3, _ = f(y + (h / 2) * k2, tau_m, t_m)
+            k4, _ = f(y + h * k3, tau1, lv.t[i + 1])
             y = lincomb([(1.0, y), (h / 6, k1), (h / 3, k2), (h / 3, k3), (h / 6, k4)])
-            x = y * lv.alpha[i + 1]
+            x = y * lv.c[i + 1]
         if callback is not None:
             callback(StepInfo(i, t, x, x0))
     return x
