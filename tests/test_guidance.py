@@ -245,7 +245,7 @@ def test_cli_class_guidance_sharded_equals_plain(cond_run, tmp_path):
     assert main([*common, "--batch", "2", "--out", str(tmp_path / "b.npy")]) == 0
     a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
     assert a.shape == (5, 1, 8, 8)
-    np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)  # batch size changes conv numerics a little
     assert (tmp_path / "a.png").is_file()
 
 
@@ -273,7 +273,7 @@ def test_cli_bad_conditions_exit_2(cond_run, tmp_path, argv, capsys):
     assert main([*argv, "--model", str(cond_run), "--steps", "2", "-n", "2", "--out", str(out)]) == 2
     assert not out.exists()
     err = capsys.readouterr().err.strip()
-    assert err and len(err.splitlines()) <= 3 and "Traceback" not in err
+    assert "error:" in err.splitlines()[-1] and "Traceback" not in err  # argparse may print usage above it
 
 
 def test_cli_condition_on_unconditional_model_exits_2(tmp_path, capsys):

@@ -74,9 +74,10 @@ def read_scheduler_config(config: dict[str, Any] | str | Path) -> tuple[dict[str
             want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise UsageError(f"{where}: {key} must be {want}, got {json.dumps(v)[:60]}")
         out[key] = v
-    if out["prediction_type"] not in PREDICTION_TYPES:
-        raise UsageError(f"{where}: unknown prediction_type {out['prediction_type']!r}; choose one of "
-                         f"{', '.join(PREDICTION_TYPES)}")
+    grid_types = [p for p in PREDICTION_TYPES if p != "flow"]  # velocity models come with a FlowMatch scheduler
+    if out["prediction_type"] not in grid_types:
+        raise UsageError(f"{where}: unknown prediction_type {out['prediction_type']!r} for a β-schedule scheduler; "
+                         f"choose one of {', '.join(grid_types)} (flow models use FlowMatchEulerDiscreteScheduler)")
     if out["timestep_spacing"] not in SPACINGS:
         raise UsageError(f"{where}: unknown timestep_spacing {out['timestep_spacing']!r}")
     if out["num_train_timesteps"] < 1:

@@ -47,6 +47,8 @@ class TrainConfig:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     shift: float = 1.0  # flow: the σ-list shift stored in the scheduler config (sampling-time default)
+    pairs: str | None = None  # flow: an .npz of (noise, x0) couplings to train on (reflow), instead of data
+    init_from: str | None = None  # a run folder whose EMA weights start the network (reflow fine-tuning)
     conditional: bool = False  # class-conditional (labelled data): a class embedding plus a learned null class
     label_dropout: float = 0.1  # fraction of labels replaced by the null class (classifier-free guidance)
 
@@ -85,6 +87,8 @@ class TrainConfig:
             raise UsageError(f"{where}: unknown time_sampling {self.time_sampling!r}; choose one of {TIME_SAMPLINGS}")
         if self.time_sampling != "uniform" and self.objective != "flow":
             raise UsageError(f"{where}: time_sampling {self.time_sampling!r} is for the flow objective")
+        if self.pairs is not None and self.objective != "flow":
+            raise UsageError(f"{where}: pairs (reflow couplings) train the flow objective")
         if not self.logit_std > 0 or not self.shift > 0:
             raise UsageError(f"{where}: logit_std and shift must be > 0")
         if self.schedule not in SCHEDULES:
@@ -155,5 +159,6 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "prediction_type": (str,), "schedule": (str,), "num_train_timesteps": (int,), "beta_start": (float,),
     "beta_end": (float,), "checkpoint_every": (int,), "image_size": (int, type(None)), "hidden": (int,),
     "depth": (int,), "n_data": (int, type(None)), "conditional": (bool,), "label_dropout": (float,),
+    "pairs": (str, type(None)), "init_from": (str, type(None)),
     "objective": (str,), "time_sampling": (str,), "logit_mean": (float,), "logit_std": (float,), "shift": (float,),
 }

@@ -38,13 +38,29 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def noised_batch(cfg: TrainConfig, x0: torch.Tensor, gen: torch.Generator, abar: torch.Tensor | None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def load_pairs(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noise, x0) couplings from an .npz written by `ddim reflow` (arrays 'noise' and 'x0')."""
+    import numpy as np
+
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            noise, x0 = z["noise"], z["x0"]
+    except (OSError, KeyError, ValueError) as e:
+        raise UsageError(f"cannot read reflow pairs {path} (an .npz with 'noise' and 'x0'): {e}") from None
+    if noise.shape != x0.shape or noise.ndim < 2 or not (np.isfinite(noise).all() and np.isfinite(x0).all()):
+        raise UsageError(f"{path}: 'noise' and 'x0' must be finite arrays of one shape (N, ...)")
+    return torch.from_numpy(noise.astype(np.float32)), torch.from_numpy(x0.astype(np.float32))
+
+
+def noised_batch(cfg: TrainConfig, x0: torch.Tensor, gen: torch.Generator, abar: torch.Tensor | None,
+                 coupled: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_t, the network's time input, the regression target) for one batch, every draw from `gen`.
 
     ddpm: t uniform on the grid, x_t = sqrt(ᾱ) x0 + sqrt(1 − ᾱ) ε (DDPM eq. 4), target ε / x0 / v.
     flow: t ∈ (0, 1) uniform or logit-normal (SD3, Esser et al. 2024 §3.1), x_t = (1 − t) x0 + t ε,
-    target u = ε − x0 (conditional flow matching, Lipman et al. 2023 eq. 23); the net sees t·T.
+    target u = ε − x0 (conditional flow matching, Lipman et al. 2023 eq. 23); the net sees t·T. `coupled`:
+    the noise paired with each x0 (reflow, Liu et al. 2023 eq. 6) instead of fresh noise.
     """
     n = x0.shape[0]
     if cfg.objective == "flow":
@@ -52,7 +68,7 @@ def noised_batch(cfg: TrainConfig, x0: torch.Tensor, gen: torch.Generator, abar:
             t = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(n, generator=gen))
         else:
             t = torch.rand(n, generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
+        noise = torch.randn(x0.shape, generator=gen) if coupled is None else coupled
         tb = _bcast(t, x0)
         return (1 - tb) * x0 + tb * noise, t * cfg.num_train_timesteps, noise - x0
     t = torch.randint(0, cfg.num_train_timesteps, (n,), generator=gen)
@@ -117,6 +133,7 @@ class TrainState:
 
     x_data: torch.Tensor
     y_data: torch.Tensor | None  # class labels (conditional runs)
+    z_data: torch.Tensor | None  # the noise coupled to each x_data row (reflow pairs)
     spec: dict[str, Any]
     net: torch.nn.Module
     ema: torch.nn.Module
@@ -130,7 +147,11 @@ def setup(cfg: TrainConfig, run: Path, dist: DistInfo, latest: Path | None, log:
     """Data, networks, optimizer and generator, restored from `latest` when resuming; writes config.json."""
     from ..io import data as data_mod
 
-    x_data = data_mod.load(cfg.data, n=cfg.n_data, image_size=cfg.image_size)
+    z_data = None
+    if cfg.pairs is not None:
+        z_data, x_data = load_pairs(cfg.pairs)
+    else:
+        x_data = data_mod.load(cfg.data, n=cfg.n_data, image_size=cfg.image_size)
     sample_shape = tuple(x_data.shape[1:])
     y_data, conditioning = None, None
     if cfg.conditional:
@@ -148,7 +169,16 @@ def setup(cfg: TrainConfig, run: Path, dist: DistInfo, latest: Path | None, log:
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed + 1000003 * dist.rank)
-    state = TrainState(x_data, y_data, spec, net, ema, opt, gen, 0, [])
+    if cfg.init_from is not None and latest is None:  # reflow: start from the teacher's EMA weights
+        from ..io.loader import load_model
+
+        teacher = load_model(cfg.init_from).denoiser.net
+        try:
+            net.load_state_dict(teacher.state_dict())
+        except (RuntimeError, AttributeError):
+            raise UsageError(f"init_from {cfg.init_from} has a different network than this run") from None
+        ema.load_state_dict(net.state_dict())
+    state = TrainState(x_data, y_data, z_data, spec, net, ema, opt, gen, 0, [])
     if latest is not None:
         ck.load_state_into(net, latest / "model.safetensors")
         ck.load_state_into(ema, latest / "ema.safetensors")
@@ -190,7 +220,8 @@ def train_loop(cfg: TrainConfig, run: Path, st: TrainState, dist: DistInfo, prog
     null_class = st.spec["config"].get("num_class_embeds", 0) - 1
     for step in range(st.start, cfg.steps):
         idx = torch.randint(0, N, (per_rank,), generator=st.gen)
-        x_t, t, target = noised_batch(cfg, st.x_data[idx], st.gen, abar)
+        x_t, t, target = noised_batch(cfg, st.x_data[idx], st.gen, abar,
+                                      None if st.z_data is None else st.z_data[idx])
         kw = {}
         if st.y_data is not None:  # label dropout: the null class k trains the unconditional branch
             y = st.y_data[idx]
