@@ -42,7 +42,9 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
                    help="model: mixture:mog3 (exact), a run folder, or a built-in name (default: %(default)s)")
     p.add_argument("--steps", type=_positive_int, default=50,
                    help="number of sampling steps, 1..T (default: %(default)s)")
-    p.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS), help="sampling method (default: %(default)s)")
+    p.add_argument("--sampler", default=None, choices=sorted(SAMPLERS),
+                   help="sampling method (default: the model's measured best for --steps network evaluations, "
+                        "else ddim)")
     p.add_argument("--eta", type=_finite_nonneg, default=None,
                    help="DDIM noise scale: 0 deterministic (default), 1 DDPM-like; only for samplers that take eta")
     p.add_argument("--spacing", default=None, choices=SPACINGS,
@@ -105,6 +107,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     dist = DistInfo.from_env()
     model = load_model(args.model)
     model.to(device)
+    args.sampler, args.spacing, args.steps = model.resolve_sampling(args.steps, args.sampler, args.spacing)
     t0 = time.perf_counter()
     with torch.no_grad():
         arr, stats = draw(model.denoiser, model.sample_shape, args.n, batch=args.batch, seed=args.seed,
@@ -119,7 +122,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     fig = save_samples_figure(torch.from_numpy(arr), out.with_suffix(".png"),
                               f"{model.name}: {args.sampler}{eta} {args.steps} steps")
     ranks = f" on {dist.world_size} ranks" if dist.active else ""
-    print(f"{args.n} samples from {model.name} with {args.sampler} ({args.steps} steps{eta}){ranks}: "
+    sp = f", {args.spacing} spacing" if args.spacing else ""
+    print(f"{args.n} samples from {model.name} with {args.sampler} ({args.steps} steps{sp}{eta}){ranks}: "
           f"NFE {stats.nfe} per batch, {dt:.2f} s")
     print(f"wrote {out} and {fig}")
     return 0
@@ -322,7 +326,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     command = "ddim " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else f"ddim bench {args.suite}"
     run(args.suite, args.out, quick=args.quick, command=command, device=args.device, n=args.n,
-        steps_list=args.steps_list, steps=args.steps, seeds=args.seeds)
+        steps_list=args.steps_list, steps=args.steps, seeds=args.seeds, reflowed=args.reflowed)
     return 0
 
 
@@ -505,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples per seed set and cell for the quality suites (default 2000)")
     p.add_argument("--seeds", type=_positive_int, default=3,
                    help="seed sets pooled per cell for the quality suites (default 3)")
+    p.add_argument("--reflowed", default=None, metavar="MODEL",
+                   help="flow suite: a reflowed model (from ddim reflow) to compare at 1/2/4 NFE")
     p.add_argument("--steps-list", type=_positive_int, nargs="+", default=None,
                    help="step counts for the quality suite (default: 10 20 50 100, plus DDPM-1000)")
     p.set_defaults(func=cmd_bench)

@@ -8,11 +8,12 @@ from ..core.errors import UsageError
 from ..io.checkpoint import atomic_write_bytes
 from .report import header
 
-SUITES = ("overhead", "solvers", "quality", "speed", "eta-variance", "reconstruction", "guidance")
+SUITES = ("overhead", "solvers", "quality", "speed", "eta-variance", "reconstruction", "guidance", "flow")
 
 
 def run(suite: str, out: str | Path, *, quick: bool = False, command: str = "", device: str = "cpu",
-        n: int | None = None, steps_list: list[int] | None = None, steps: int = 50, seeds: int = 3) -> Path:
+        n: int | None = None, steps_list: list[int] | None = None, steps: int = 50, seeds: int = 3,
+        reflowed: str | None = None) -> Path:
     """Run one suite and write its report (and figures) into `out`; prints the report and where it went."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -28,6 +29,10 @@ def run(suite: str, out: str | Path, *, quick: bool = False, command: str = "", 
             return run_solvers(out, nfes=(5, 10), n=100, samplers=("ddim", "dpmpp_2m", "unipc"),
                                spacings=("trailing", "logsnr"), command=command)
         return run_solvers(out, command=command)
+    elif suite == "flow":
+        from .flow import flow_bench
+
+        text = flow_bench(out, quick, command, n=n, seeds=seeds, reflowed=reflowed)
     elif suite == "guidance":
         from .guidance import guidance_bench
 

@@ -14,7 +14,7 @@ from ..core.errors import UsageError
 from ..core.prediction import Denoiser
 from ..core.schedule import NoiseSchedule
 
-BUILTIN_MODELS = ("digits", "digits-cond")
+BUILTIN_MODELS = ("digits", "digits-cond", "digits-flow")
 
 
 @dataclass
@@ -29,6 +29,26 @@ class LoadedModel:
         if isinstance(self.denoiser.net, torch.nn.Module):
             self.denoiser.net.to(device)
         return self
+
+    def sampling_defaults(self, nfe: int) -> dict[str, Any]:
+        """The measured best sampler, spacing and steps within an NFE budget (the model folder's sampling.json,
+        from `ddim bench flow` / `fewstep`); {} when the model has none."""
+        table = self.info.get("sampling", {}).get("nfe", {})
+        fits = [int(k) for k in table if int(k) <= nfe]
+        if not fits:
+            return {}
+        return dict(table[str(max(fits))])
+
+    def resolve_sampling(self, steps: int, sampler: str | None = None, spacing: str | None = None
+                         ) -> tuple[str, str | None, int]:
+        """(sampler, spacing, steps) for a run: as given, or — with no sampler named — the model's measured best
+        within a budget of `steps` network evaluations (ddim with `steps` steps when it has no table)."""
+        if sampler is not None:
+            return sampler, spacing, steps
+        best = self.sampling_defaults(steps)
+        if not best:
+            return "ddim", spacing, steps
+        return best["sampler"], spacing or best.get("spacing"), int(best.get("steps", steps))
 
     def exact_log_likelihood(self, x: torch.Tensor, bits_per_dim: bool = False) -> torch.Tensor | None:
         """The true log-density of x at the model's lowest level, for exact mixtures; None for trained models."""
@@ -66,7 +86,12 @@ def load_model(spec: str | Path) -> LoadedModel:
         from .interop import load
 
         den = load(path)
-        return LoadedModel(den, den.sample_shape or (), spec, {})
+        info = {}
+        if (path / "sampling.json").is_file():
+            from .checkpoint import read_json
+
+            info["sampling"] = read_json(path / "sampling.json")
+        return LoadedModel(den, den.sample_shape or (), spec, info)
     if not path.exists():
         raise UsageError(f"unknown model {spec!r}: use mixture:mog3, digits, a run folder or a diffusers folder")
     raise UsageError(f"{path} is neither a ddim run folder (config.json + latest) nor a diffusers model folder")
