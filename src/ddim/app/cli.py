@@ -75,16 +75,21 @@ def _add_guidance_options(p: argparse.ArgumentParser) -> None:
                    help="run the conditional and unconditional branches as two calls (less memory)")
 
 
+def _guidance(args: argparse.Namespace, default: float = 1.0):
+    from ..core.guidance import Guidance
+
+    interval = tuple(args.guidance_interval) if args.guidance_interval else None
+    return Guidance(default if args.guidance is None else args.guidance, rule=args.guidance_rule,
+                    rescale=args.guidance_rescale, interval=interval, apg_eta=args.apg_eta,
+                    apg_momentum=args.apg_momentum, batched=not args.cfg_two_calls)
+
+
 def _conditioning(args: argparse.Namespace, n: int, labels=None) -> dict:
     """condition / guidance keyword arguments from the flags (labels: per-sample source classes)."""
-    from ..core.guidance import Guidance
     from ..io.inputs import class_labels
 
     cond = class_labels(args.class_, n) if args.class_ is not None else labels
-    interval = tuple(args.guidance_interval) if args.guidance_interval else None
-    g = Guidance(1.0 if args.guidance is None else args.guidance, rule=args.guidance_rule,
-                 rescale=args.guidance_rescale, interval=interval, apg_eta=args.apg_eta,
-                 apg_momentum=args.apg_momentum, batched=not args.cfg_two_calls)
+    g = _guidance(args)
     if cond is None:
         if args.guidance is not None and not g.trivial:
             raise UsageError("--guidance needs --class (a class-conditional model)")
@@ -106,8 +111,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dist = DistInfo.from_env()
     model = load_model(args.model)
-    model.to(device)
+    model.to(device, _dtype(args.dtype))
+    if args.compile:
+        model.denoiser.net = compile_network(model.denoiser.net)
     args.sampler, args.spacing, args.steps = model.resolve_sampling(args.steps, args.sampler, args.spacing)
+    if "pipeline" in model.info:
+        return _sample_prompts(args, model, out)
+    if args.prompt:
+        raise UsageError(f"{model.name} takes no prompts (a Stable-Diffusion-format folder does)")
     t0 = time.perf_counter()
     with torch.no_grad():
         arr, stats = draw(model.denoiser, model.sample_shape, args.n, batch=args.batch, seed=args.seed,
@@ -125,6 +136,54 @@ def cmd_sample(args: argparse.Namespace) -> int:
     sp = f", {args.spacing} spacing" if args.spacing else ""
     print(f"{args.n} samples from {model.name} with {args.sampler} ({args.steps} steps{sp}{eta}){ranks}: "
           f"NFE {stats.nfe} per batch, {dt:.2f} s")
+    print(f"wrote {out} and {fig}")
+    return 0
+
+
+def _dtype(name: str):
+    import torch
+
+    return {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def compile_network(net):
+    """torch.compile of the network (the sampler's own step stays eager: it is a few fused tensor ops)."""
+    import torch
+
+    try:
+        return torch.compile(net)
+    except RuntimeError as e:  # e.g. no C++ compiler for the inductor backend
+        raise UsageError(f"--compile failed: {str(e).splitlines()[0]}") from None
+
+
+def _sample_prompts(args: argparse.Namespace, model, out: Path) -> int:
+    """Text-to-image: decoded images (N, C, H, W) in [-1, 1] and a PNG grid, in batches of --batch."""
+    import torch
+
+    from ..io.checkpoint import atomic_save_npy
+    from ..io.plots import save_samples_figure
+    from ..ops.text_to_image import text_to_image
+
+    pipe = model.info["pipeline"]
+    if args.class_ is not None:
+        raise UsageError("this model takes prompts (--prompt), not --class")
+    prompts = args.prompt or [""]
+    g = _guidance(args, default=7.5)
+    t0 = time.perf_counter()
+    parts = []
+    for a in range(0, args.n, args.batch):
+        b = min(args.n, a + args.batch)
+        ps = [prompts[i % len(prompts)] for i in range(a, b)]
+        with torch.no_grad():
+            parts.append(text_to_image(pipe, ps, b - a, negative_prompt=args.negative_prompt, guidance=g,
+                                       steps=args.steps, sampler=args.sampler, spacing=args.spacing,
+                                       seeds=range(args.seed + a, args.seed + b), **_sampler_options(args)).cpu())
+    imgs = torch.cat(parts)
+    atomic_save_npy(out, imgs.numpy())
+    fig = save_samples_figure(imgs, out.with_suffix(".png"), f"{prompts[0][:40]!r}: {args.sampler} {args.steps} "
+                                                            f"steps, guidance {g.scale:g}")
+    print(f"{args.n} images {tuple(imgs.shape[1:])} from {model.name} with {args.sampler} ({args.steps} steps, "
+          f"guidance {g.scale:g}): {time.perf_counter() - t0:.2f} s")
     print(f"wrote {out} and {fig}")
     return 0
 
@@ -362,6 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Draw samples with any sampler and timestep schedule; writes FILE.npy and FILE.png.")
     _add_sampling_options(p)
     _add_guidance_options(p)
+    p.add_argument("--prompt", action="append", default=None,
+                   help="text-to-image folders: the prompt (repeat for several, cycled over the samples)")
+    p.add_argument("--negative-prompt", default=None, help="the negative prompt (default: the empty prompt)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="the networks' dtype (the sampler's maths stay float32/float64; default float32)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.add_argument("-n", "--n", type=_positive_int, default=1000,
                    help="number of samples (default: %(default)s); under torchrun write -n, since torchrun's own "
                         "parser claims every --n... prefix")

@@ -35,7 +35,8 @@ class NoisePath(ABC):
 
     #: True for integer grid time (t indexes a table), False for continuous time
     grid: bool = True
-    #: (α, σ) of the level after the last step (the data end)
+    #: (α, σ) of the level after the last step for DDIM-type steps (diffusers' `set_alpha_to_one=False` puts it
+    #: at ᾱ_0, as DDIMScheduler and PNDMScheduler do); the other solvers always end on the data (σ = 0)
     final: tuple[float, float] = (1.0, 0.0)
     #: ODE variables of the ε-form solvers (heun, midpoint, pndm, rk4): y = x/c, s = σ/c with c = α (EDM's
     #: variables, dy/ds = ε̂) or, when True, c = α + σ (flow variables: y = x, s = σ on the flow path,
@@ -74,12 +75,13 @@ class NoisePath(ABC):
 class Levels:
     """Float64 α, σ, λ = log(α/σ) and σ_e = σ/α (EDM's sigma) for a list of levels plus the final level.
 
-    `t` has the list's n entries; `alpha`, `sigma`, `lam`, `sigma_e` have n + 1 (the last is `path.final`).
+    `t` has the list's n entries; `alpha`, `sigma`, `lam`, `sigma_e` have n + 1 (the last is the data, or
+    `path.final` for DDIM-type steps: `ddim_final=True`).
     """
 
-    def __init__(self, path: NoisePath, timesteps: torch.Tensor) -> None:
+    def __init__(self, path: NoisePath, timesteps: torch.Tensor, ddim_final: bool = False) -> None:
         self.t: list = timesteps.tolist()
-        pairs = [path.alpha_sigma(t) for t in self.t] + [path.final]
+        pairs = [path.alpha_sigma(t) for t in self.t] + [path.final if ddim_final else (1.0, 0.0)]
         self.alpha = [a for a, _ in pairs]
         self.sigma = [s for _, s in pairs]
         self.lam = [lam_of(a, s) for a, s in pairs]

@@ -89,6 +89,9 @@ class Denoiser:
         self.sample_shape = None if sample_shape is None else tuple(int(d) for d in sample_shape)
         #: how the network is conditioned (e.g. `ddim.core.guidance.ClassLabels`); None: unconditional
         self.conditioning = conditioning
+        #: the network's own dtype when it differs from the sampler's (half-precision networks): inputs are
+        #: cast to it and outputs back, so the sampler's maths stay in float32/float64
+        self.net_dtype: torch.dtype | None = None
         # memo tables (not run state): affine coefficients per level, time inputs per (device, batch, level)
         self._affine: dict[float, Affine] = {}
         self._t_cache: dict[tuple[torch.device, int, float], torch.Tensor] = {}
@@ -134,8 +137,9 @@ class Denoiser:
         counting: the run counts)."""
         if cond is None and self.conditioning is not None:
             cond = self._default_condition(x)
+        xin = x if self.net_dtype is None or x.dtype == self.net_dtype else x.to(self.net_dtype)
         try:
-            out = self.net(x, self.time_input(t, x)) if cond is None else self.net(x, self.time_input(t, x), **cond)
+            out = self.net(xin, self.time_input(t, x)) if cond is None else self.net(xin, self.time_input(t, x), **cond)
         except RuntimeError as e:  # shape/dtype mismatches inside the network
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ModelOutputError(f"the network failed on input of shape {tuple(x.shape)} "
@@ -147,7 +151,7 @@ class Denoiser:
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ModelOutputError(f"model output at timestep t={t} has shape {got}, expected {tuple(x.shape)}")
-        return out
+        return out if out.dtype == x.dtype else out.to(x.dtype)
 
     # ------------------------------------------------------------------------------ prediction maths
     def coeffs(self, t: float) -> Affine:

@@ -24,9 +24,11 @@ class LoadedModel:
     name: str
     info: dict[str, Any] = field(default_factory=dict)
 
-    def to(self, device: torch.device | str) -> LoadedModel:
-        """Move the network (when it has parameters) to `device`."""
-        if isinstance(self.denoiser.net, torch.nn.Module):
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> LoadedModel:
+        """Move the network (when it has parameters) to `device` (and cast it: a latent pipeline's networks)."""
+        if "pipeline" in self.info:
+            self.info["pipeline"].to(device, dtype)
+        elif isinstance(self.denoiser.net, torch.nn.Module):
             self.denoiser.net.to(device)
         return self
 
@@ -82,6 +84,13 @@ def load_model(spec: str | Path) -> LoadedModel:
 
         den, cfg = load_run_denoiser(path)
         return LoadedModel(den, den.sample_shape, spec, {"config": cfg})
+    from .text2image import is_text_to_image_folder
+
+    if is_text_to_image_folder(path):
+        from .text2image import LatentDiffusion
+
+        pipe = LatentDiffusion(path)
+        return LoadedModel(pipe.denoiser, pipe.latent_shape, spec, {"pipeline": pipe})
     if (path / "unet").is_dir() or (path / "model_index.json").is_file() or (path / "scheduler").is_dir():
         from .interop import load
 

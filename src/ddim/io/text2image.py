@@ -1,0 +1,183 @@
+"""Stable-Diffusion-format folders: UNet2DConditionModel + AutoencoderKL + CLIP text encoder and tokenizer +
+scheduler config, loaded from local files only (safetensors), as a latent Denoiser with prompt conditioning.
+
+The Denoiser works on latents (C, H/f, W/f); prompts become `encoder_hidden_states` (computed once per
+distinct prompt and cached); images are encoded and decoded with the folder's VAE and its scaling factor.
+Needs `transformers` (the `text` extra).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.errors import CheckpointError, UsageError
+from ..core.prediction import Denoiser
+from .checkpoint import load_state_into, read_json
+from .config import denoiser_from_config
+
+PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def is_text_to_image_folder(path: Path) -> bool:
+    """A folder whose model_index.json names a text encoder (a Stable-Diffusion-style pipeline)."""
+    f = path / "model_index.json"
+    if not f.is_file():
+        return False
+    try:
+        return "text_encoder" in read_json(f)
+    except (UsageError, CheckpointError):
+        return False
+
+
+@dataclass(frozen=True, eq=False)
+class PromptConditioning:
+    """A prompt-conditioned network: the condition is `encoder_hidden_states`; the unconditional branch is
+    the empty prompt's embedding (what StableDiffusionPipeline uses without a negative prompt)."""
+
+    null_embedding: torch.Tensor
+    key: str = "encoder_hidden_states"
+
+    def condition(self, labels: Any) -> dict[str, torch.Tensor]:
+        raise UsageError("this model takes prompts (--prompt), not class labels")
+
+    def unconditional(self) -> dict[str, torch.Tensor]:
+        return {self.key: self.null_embedding}
+
+
+def _require_transformers() -> Any:
+    try:
+        return importlib.import_module("transformers")
+    except ImportError:
+        raise UsageError("text-to-image folders need transformers: pip install 'ddim[text]'") from None
+
+
+class LatentDiffusion:
+    """The parts of a Stable-Diffusion folder and the maths between images, latents and prompts."""
+
+    def __init__(self, path: str | Path, dtype: torch.dtype = torch.float32) -> None:
+        path = Path(path)
+        transformers = _require_transformers()
+        import diffusers
+
+        index = read_json(path / "model_index.json")
+        for part in PARTS:
+            if part not in index or not (path / part).is_dir():
+                raise UsageError(f"{path} is missing its {part}/ part (a Stable-Diffusion folder has "
+                                 f"{', '.join(PARTS)})")
+        self.path = path
+        self.unet = _diffusers_part(diffusers, path / "unet", "UNet2DConditionModel")
+        self.vae = _diffusers_part(diffusers, path / "vae", "AutoencoderKL")
+        self.text_encoder = _text_encoder(transformers, path / "text_encoder")
+        try:
+            self.tokenizer = transformers.CLIPTokenizer.from_pretrained(str(path / "tokenizer"), local_files_only=True)
+        except (OSError, ValueError, TypeError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UsageError(f"{path / 'tokenizer'} is not a readable CLIP tokenizer: {msg}") from None
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        size = self.unet.config.sample_size
+        size = size if isinstance(size, int) else size[0]
+        self.latent_shape = (int(self.unet.config.in_channels), size, size)
+        self._cache: dict[str, torch.Tensor] = {}
+        self.denoiser: Denoiser = denoiser_from_config(self.unet, path / "scheduler", sample_shape=self.latent_shape)
+        self.denoiser.conditioning = PromptConditioning(self.encode_prompts([""])[0:1])
+        if dtype != torch.float32:
+            self.to(dtype=dtype)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (int(self.vae.config.in_channels), self.latent_shape[1] * self.vae_scale,
+                self.latent_shape[2] * self.vae_scale)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> LatentDiffusion:
+        """Move (and cast) the networks; the sampler's own maths stay in float64/float32."""
+        for m in (self.unet, self.vae, self.text_encoder):
+            m.to(device=device, dtype=dtype)
+        if dtype is not None:
+            self.denoiser.net_dtype = None if dtype == torch.float32 else dtype
+        self._cache.clear()
+        self.denoiser.conditioning = PromptConditioning(self.encode_prompts([""])[0:1])
+        return self
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """(len(prompts), L, D) text embeddings; each distinct prompt is encoded once (cached)."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        todo = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        if todo:
+            ids = self.tokenizer(todo, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt").input_ids
+            dev = next(self.text_encoder.parameters()).device
+            emb = self.text_encoder(ids.to(dev))[0]
+            for p, e in zip(todo, emb):
+                self._cache[p] = e
+        return torch.stack([self._cache[p] for p in prompts])
+
+    def condition(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The network's keyword arguments for per-sample prompts (one prompt: one row, broadcast)."""
+        return {"encoder_hidden_states": self.encode_prompts(prompts)}
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents → images in [-1, 1] with the VAE (latents divided by the scaling factor first)."""
+        p = next(self.vae.parameters())
+        out = self.vae.decode(latents.to(p.device, p.dtype) / self.scaling_factor).sample
+        return out.float().clamp(-1, 1)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] → latents: the VAE posterior mean times the scaling factor (deterministic)."""
+        if images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape:
+            raise UsageError(f"images must have shape (N, {', '.join(map(str, self.image_shape))}), "
+                             f"got {tuple(images.shape)}")
+        p = next(self.vae.parameters())
+        dist = self.vae.encode(images.to(p.device, p.dtype)).latent_dist
+        return (dist.mean * self.scaling_factor).float()
+
+
+def _diffusers_part(diffusers: Any, folder: Path, expected: str) -> torch.nn.Module:
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file():
+        raise UsageError(f"{folder} has no config.json")
+    cfg = read_json(cfg_file)
+    name = cfg.get("_class_name", expected)
+    if name != expected:
+        raise UsageError(f"{folder}: expected a {expected}, found {name}")
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"{folder} has no diffusion_pytorch_model.safetensors (pickled .bin weights are "
+                              "refused: ddim never unpickles)")
+    try:
+        net = getattr(diffusers, expected).from_config({k: v for k, v in cfg.items()})
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UsageError(f"{cfg_file} does not describe a {expected}: {str(e).splitlines()[0]}") from None
+    load_state_into(net, weights)
+    return net.eval()
+
+
+def _text_encoder(transformers: Any, folder: Path) -> torch.nn.Module:
+    cfg_file = folder / "config.json"
+    weights = folder / "model.safetensors"
+    if not cfg_file.is_file():
+        raise UsageError(f"{folder} has no config.json")
+    if not weights.is_file():
+        raise CheckpointError(f"{folder} has no model.safetensors (pickled weights are refused)")
+    cfg = read_json(cfg_file)
+    arch = (cfg.get("architectures") or ["CLIPTextModel"])[0]
+    if arch != "CLIPTextModel":
+        raise UsageError(f"{folder}: only CLIPTextModel text encoders are supported, found {arch}")
+    try:
+        model = transformers.CLIPTextModel(transformers.CLIPTextConfig(**{k: v for k, v in cfg.items()
+                                                                          if not k.startswith("_")}))
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"{cfg_file} does not describe a CLIPTextModel: {str(e).splitlines()[0]}") from None
+    load_state_into(model, weights)
+    return model.eval()

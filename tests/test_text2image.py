@@ -1,0 +1,210 @@
+"""Stable-Diffusion-format folders, built here from random weights and tiny configs (nothing downloaded):
+our samplers under CFG against diffusers' StableDiffusionPipeline, prompt-conditioned inversion, bad folders."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from ddim.core.errors import UsageError  # noqa: E402
+from ddim.core.samplers import SAMPLERS  # noqa: E402
+
+
+def build_sd_folder(path, prediction_type: str = "epsilon", rescale: bool = False, spacing: str = "trailing"):
+    """A tiny SD 1.x-layout folder: CLIP text encoder + tokenizer, UNet2DConditionModel, AutoencoderKL, DDIM."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    (path / "tok").mkdir(parents=True)
+    (path / "tok" / "vocab.json").write_text(json.dumps(vocab))
+    (path / "tok" / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(path / "tok" / "vocab.json"), str(path / "tok" / "merges.txt"), model_max_length=16)
+    torch.manual_seed(0)
+    te = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32,
+                                      intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                                      vocab_size=len(vocab), max_position_embeddings=16))
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=8, norm_num_groups=8)
+    vae = AutoencoderKL(block_out_channels=[16, 32], in_channels=3, out_channels=3,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                        latent_channels=4, norm_num_groups=8, sample_size=16)
+    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                          set_alpha_to_one=False, steps_offset=1, timestep_spacing=spacing,
+                          prediction_type=prediction_type, rescale_betas_zero_snr=rescale)
+    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=te, tokenizer=tok, scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(path / "sd", safe_serialization=True)
+    return path / "sd"
+
+
+@pytest.fixture(scope="module")
+def sd(tmp_path_factory):
+    return build_sd_folder(tmp_path_factory.mktemp("sd"))
+
+
+def _pipe(folder, scheduler_cls, **kw):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config, **kw)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _latents(n=2, seed=0):
+    return torch.randn(n, 4, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def _rel(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("sampler,scheduler,kw", [
+    ("ddim", "DDIMScheduler", {}),
+    ("dpmpp_2m", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    ("unipc", "UniPCMultistepScheduler", {"solver_order": 2}),
+])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_cfg_latents_match_stable_diffusion_pipeline(tmp_path, sampler, scheduler, kw, prediction_type):
+    import diffusers
+
+    from ddim.io.loader import load_model
+    from ddim.ops.text_to_image import text_to_image
+
+    folder = build_sd_folder(tmp_path, prediction_type) if prediction_type != "epsilon" else \
+        build_sd_folder(tmp_path)
+    pipe = _pipe(folder, getattr(diffusers, scheduler), **kw)
+    x = _latents()
+    with torch.no_grad():
+        theirs = pipe(["a cat", "a dog"], negative_prompt=["ugly", "ugly"], num_inference_steps=8, guidance_scale=7.5,
+                      latents=x.clone(), output_type="latent").images
+    model = load_model(folder)
+    _, ours = text_to_image(model.info["pipeline"], ["a cat", "a dog"], negative_prompt="ugly", guidance=7.5,
+                            steps=8, sampler=sampler, latents=x, return_latents=True)
+    assert _rel(ours, theirs) <= 1e-4
+
+
+def test_ddim_eta_one_matches_the_pipeline_with_the_same_noise(sd):
+    from diffusers import DDIMScheduler
+
+    from ddim.core.guidance import bind
+    from ddim.io.loader import load_model
+
+    pipe = _pipe(sd, DDIMScheduler)
+    x = _latents()
+    with torch.no_grad():
+        # 8 steps: T/8 is an integer, so diffusers' previous timestep t − T//n is the next entry of its list (with
+        # 6 steps it is not: 999 → 833 while the list says 832; ours follows the list)
+        theirs = pipe(["a cat", "a dog"], num_inference_steps=8, guidance_scale=5.0, eta=1.0, latents=x.clone(),
+                      generator=torch.Generator().manual_seed(11), output_type="latent").images
+    lp = load_model(sd).info["pipeline"]
+    den = bind(lp.denoiser, lp.condition(["a cat", "a dog"]), 5.0)
+    ts = den.schedule.timesteps(8, "trailing")
+    with torch.no_grad():
+        ours = SAMPLERS["ddim"](den, x, ts, generator=torch.Generator().manual_seed(11), eta=1.0)
+    assert _rel(ours, theirs) <= 1e-4
+
+
+def test_prompt_conditioned_refined_inversion_round_trip(sd):
+    from ddim.io.loader import load_model
+    from ddim.ops.inversion import invert
+
+    lp = load_model(sd).info["pipeline"]
+    z0 = _latents(2, seed=3)
+    cond = lp.condition(["a cat"])
+    with torch.no_grad():
+        from ddim.core.sample import sample
+
+        z = invert(lp.denoiser, z0, 50, refine=8, condition=cond, guidance=1.0)  # random weights: stiff
+        rec = sample(lp.denoiser, x_T=z, steps=50, condition=cond, guidance=1.0)
+    assert _rel(rec, z0) <= 1e-5
+
+
+def test_images_encode_decode_and_edit(sd):
+    from ddim.io.loader import load_model
+    from ddim.ops.text_to_image import edit_images, img2img, text_to_image
+
+    lp = load_model(sd).info["pipeline"]
+    imgs = text_to_image(lp, "a cat", 2, guidance=3.0, steps=4)
+    assert imgs.shape == (2, 3, 16, 16) and float(imgs.abs().max()) <= 1.0
+    r = edit_images(lp, imgs, "a cat", "a dog", steps=4, guidance=3.0, inversion="negative")
+    assert r.edited.shape == imgs.shape and r.reconstruction.shape == imgs.shape
+    out = img2img(lp, imgs, "a dog", 0.5, steps=4, guidance=3.0)
+    assert out.shape == imgs.shape
+
+
+def test_per_sample_seeds_and_prompt_cache(sd):
+    from ddim.io.loader import load_model
+    from ddim.ops.text_to_image import text_to_image
+
+    lp = load_model(sd).info["pipeline"]
+    calls = []
+    orig = lp.text_encoder.forward
+    lp.text_encoder.forward = lambda *a, **k: (calls.append(a[0].shape[0]), orig(*a, **k))[1]
+    lp._cache.clear()
+    three = text_to_image(lp, ["a cat", "a dog", "a cat"], 3, guidance=4.0, steps=4, seed=5)
+    assert sum(calls) == 2  # each distinct prompt encoded once
+    one = text_to_image(lp, "a dog", 1, guidance=4.0, steps=4, seeds=[6])
+    assert torch.allclose(one[0], three[1], atol=1e-5)
+
+
+def test_bfloat16_networks_keep_float32_sampler_maths(sd):
+    from ddim.io.loader import load_model
+    from ddim.ops.text_to_image import text_to_image
+
+    m = load_model(sd)
+    lp = m.info["pipeline"]
+    ref = text_to_image(lp, "a cat", 1, guidance=3.0, steps=4)
+    m.to("cpu", torch.bfloat16)
+    _, z = text_to_image(lp, "a cat", 1, guidance=3.0, steps=4, return_latents=True)
+    assert z.dtype == torch.float32
+    assert float((lp.decode(z) - ref).abs().max()) < 0.2
+    m.to("cpu", torch.float32)
+
+
+def test_cli_prompt_sampling_writes_images(sd, tmp_path):
+    from ddim.app.cli import main
+
+    out = tmp_path / "imgs.npy"
+    assert main(["sample", "--model", str(sd), "--prompt", "a cat", "--negative-prompt", "ugly", "--guidance",
+                 "7.5", "--steps", "4", "--sampler", "dpmpp_2m", "--seed", "0", "-n", "2", "--out", str(out)]) == 0
+    arr = np.load(out)
+    assert arr.shape == (2, 3, 16, 16) and np.abs(arr).max() <= 1.0
+    assert out.with_suffix(".png").is_file()
+
+
+@pytest.mark.parametrize("breakage,match", [
+    (lambda p: __import__("shutil").rmtree(p / "vae"), "vae"),
+    (lambda p: (p / "text_encoder" / "model.safetensors").write_bytes(b"not a safetensors file"), "model.safetensors"),
+    (lambda p: (p / "unet" / "diffusion_pytorch_model.safetensors").unlink(), "diffusion_pytorch_model"),
+    (lambda p: __import__("shutil").rmtree(p / "tokenizer"), "tokenizer"),
+])
+def test_missing_or_corrupt_parts_are_one_line_errors(sd, tmp_path, breakage, match, capsys):
+    import shutil
+
+    from ddim.app.cli import main
+
+    folder = tmp_path / "broken"
+    shutil.copytree(sd, folder)
+    breakage(folder)
+    assert main(["sample", "--model", str(folder), "--prompt", "a cat", "-n", "1", "--steps", "2",
+                 "--out", str(tmp_path / "x.npy")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0]
+
+
+def test_class_flags_on_a_prompt_model_are_refused(sd):
+    from ddim.core.sample import sample
+    from ddim.io.loader import load_model
+
+    with pytest.raises(UsageError, match="prompts"):
+        sample(load_model(sd).denoiser, (1, 4, 8, 8), condition=[3], guidance=2.0)
