@@ -1,49 +1,20 @@
 """Stable-Diffusion-format folders, built here from random weights and tiny configs (nothing downloaded):
 our samplers under CFG against diffusers' StableDiffusionPipeline, prompt-conditioned inversion, bad folders."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("transformers")
 
-from ddim.core.errors import UsageError  # noqa: E402
-from ddim.core.samplers import SAMPLERS  # noqa: E402
+from ddim.core.errors import UsageError
+from ddim.core.samplers import SAMPLERS
 
 
-def build_sd_folder(path, prediction_type: str = "epsilon", rescale: bool = False, spacing: str = "trailing"):
-    """A tiny SD 1.x-layout folder: CLIP text encoder + tokenizer, UNet2DConditionModel, AutoencoderKL, DDIM."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def build_sd_folder(path, prediction_type: str = "epsilon"):
+    from ddim.io.text2image import random_folder
 
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in "abcdefghijklmnopqrstuvwxyz":
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    (path / "tok").mkdir(parents=True)
-    (path / "tok" / "vocab.json").write_text(json.dumps(vocab))
-    (path / "tok" / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(path / "tok" / "vocab.json"), str(path / "tok" / "merges.txt"), model_max_length=16)
-    torch.manual_seed(0)
-    te = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32,
-                                      intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                                      vocab_size=len(vocab), max_position_embeddings=16))
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-                                attention_head_dim=8, norm_num_groups=8)
-    vae = AutoencoderKL(block_out_channels=[16, 32], in_channels=3, out_channels=3,
-                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                        latent_channels=4, norm_num_groups=8, sample_size=16)
-    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                          set_alpha_to_one=False, steps_offset=1, timestep_spacing=spacing,
-                          prediction_type=prediction_type, rescale_betas_zero_snr=rescale)
-    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=te, tokenizer=tok, scheduler=sched,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(path / "sd", safe_serialization=True)
-    return path / "sd"
+    return random_folder(path / "sd", prediction_type=prediction_type)
 
 
 @pytest.fixture(scope="module")

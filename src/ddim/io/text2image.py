@@ -181,3 +181,43 @@ def _text_encoder(transformers: Any, folder: Path) -> torch.nn.Module:
         raise UsageError(f"{cfg_file} does not describe a CLIPTextModel: {str(e).splitlines()[0]}") from None
     load_state_into(model, weights)
     return model.eval()
+
+
+def random_folder(out: str | Path, *, latent_size: int = 8, prediction_type: str = "epsilon",
+                  rescale_betas_zero_snr: bool = False, timestep_spacing: str = "trailing", seed: int = 0) -> Path:
+    """Write a tiny Stable-Diffusion-format folder with random weights (SD 1.x layout: CLIP text encoder and a
+    character-level tokenizer, UNet2DConditionModel, AutoencoderKL with a 2× latent scale, DDIM scheduler with
+    SD's β schedule): for tests and benchmarks, nothing downloaded."""
+    import json
+
+    transformers = _require_transformers()
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    out = Path(out)
+    tok_dir = out.with_name(out.name + ".tokenizer-src")
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
+    (tok_dir / "merges.txt").write_text("#version: 0.2\n")
+    tok = transformers.CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=16)
+    torch.manual_seed(seed)
+    te = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=2, vocab_size=len(vocab), max_position_embeddings=16))
+    unet = UNet2DConditionModel(sample_size=latent_size, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=8, norm_num_groups=8)
+    vae = AutoencoderKL(block_out_channels=[16, 32], in_channels=3, out_channels=3,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                        latent_channels=4, norm_num_groups=8, sample_size=2 * latent_size)
+    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                          set_alpha_to_one=False, steps_offset=1, timestep_spacing=timestep_spacing,
+                          prediction_type=prediction_type, rescale_betas_zero_snr=rescale_betas_zero_snr)
+    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=te, tokenizer=tok, scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out
