@@ -179,3 +179,11 @@ def test_class_flags_on_a_prompt_model_are_refused(sd):
 
     with pytest.raises(UsageError, match="prompts"):
         sample(load_model(sd).denoiser, (1, 4, 8, 8), condition=[3], guidance=2.0)
+
+
+@pytest.mark.parametrize("suite", ["speed", "reconstruction"])
+def test_bench_on_a_stable_diffusion_folder_quick(sd, tmp_path, suite):
+    from ddim.bench.suites import run
+
+    text = run(suite, tmp_path, quick=True, model=str(sd)).read_text()
+    assert "Command:" in text and ("diffusers" in text if suite == "speed" else "negative" in text)

@@ -385,7 +385,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     command = "ddim " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else f"ddim bench {args.suite}"
     run(args.suite, args.out, quick=args.quick, command=command, device=args.device, n=args.n,
-        steps_list=args.steps_list, steps=args.steps, seeds=args.seeds, reflowed=args.reflowed)
+        steps_list=args.steps_list, steps=args.steps, seeds=args.seeds, reflowed=args.reflowed, model=args.model)
     return 0
 
 
@@ -574,6 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples per seed set and cell for the quality suites (default 2000)")
     p.add_argument("--seeds", type=_positive_int, default=3,
                    help="seed sets pooled per cell for the quality suites (default 3)")
+    p.add_argument("--model", default=None, metavar="FOLDER",
+                   help="speed / reconstruction suites: a Stable-Diffusion-format folder (speed: beside diffusers' "
+                        "pipeline; reconstruction: prompt-conditioned inversion under guidance 1 / 3 / 7.5)")
     p.add_argument("--reflowed", default=None, metavar="MODEL",
                    help="flow suite: a reflowed model (from ddim reflow) to compare at 1/2/4 NFE")
     p.add_argument("--steps-list", type=_positive_int, nargs="+", default=None,

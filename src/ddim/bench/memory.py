@@ -12,10 +12,14 @@ from ..core.errors import UsageError
 
 
 def peak_sampling_mb(model: str, batch: int, steps: int, *, sampler: str = "ddim", trajectory: bool = False,
-                     device: str = "cpu") -> float:
-    """MB that one `sample()` call adds at its peak, measured in a fresh Python process."""
+                     device: str = "cpu", prompt: str | None = None, guidance: float = 7.5,
+                     diffusers_scheduler: str | None = None) -> float:
+    """MB that one `sample()` call adds at its peak, measured in a fresh Python process. With `prompt` (a
+    Stable-Diffusion folder): one text-to-image call under CFG, by our sampler, or by diffusers'
+    StableDiffusionPipeline with `diffusers_scheduler` (a class name) when given."""
     args = json.dumps({"model": model, "batch": batch, "steps": steps, "sampler": sampler,
-                       "trajectory": trajectory, "device": device})
+                       "trajectory": trajectory, "device": device, "prompt": prompt, "guidance": guidance,
+                       "diffusers_scheduler": diffusers_scheduler})
     r = subprocess.run([sys.executable, "-m", "ddim.bench.memory", args], capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
@@ -31,26 +35,65 @@ def _rss_mb(field: str) -> float:
     raise OSError(f"no {field} in /proc/self/status")
 
 
+def _run_text_to_image(spec: dict):
+    """(set-up call, measured call) for one text-to-image run, ours or diffusers'."""
+    import torch
+
+    from ..io.loader import load_model
+
+    if spec["diffusers_scheduler"]:
+        import diffusers
+
+        pipe = diffusers.StableDiffusionPipeline.from_pretrained(spec["model"], safety_checker=None,
+                                                                 requires_safety_checker=False).to(spec["device"])
+        pipe.scheduler = getattr(diffusers, spec["diffusers_scheduler"]).from_config(pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+
+        def run(steps: int, n: int) -> None:
+            pipe([spec["prompt"]] * n, num_inference_steps=steps, guidance_scale=spec["guidance"],
+                 generator=torch.Generator().manual_seed(0))
+        return run
+    from ..ops.text_to_image import text_to_image
+
+    lp = load_model(spec["model"]).to(spec["device"]).info["pipeline"]
+
+    def run(steps: int, n: int) -> None:
+        text_to_image(lp, spec["prompt"], n, guidance=spec["guidance"], steps=steps, sampler=spec["sampler"])
+    return run
+
+
+def _peak_mb(fn, device: str) -> float:
+    """MB that fn() adds at its peak: max_memory_allocated on CUDA, the peak RSS (VmHWM, reset first) on CPU."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak RSS (VmHWM) to the current RSS
+        f.write("5")
+    base = _rss_mb("VmRSS")
+    fn()
+    return _rss_mb("VmHWM") - base
+
+
 def _probe(spec: dict) -> float:
     import torch
 
     from ..core.sample import sample
     from ..io.loader import load_model
 
-    model = load_model(spec["model"]).to(spec["device"])
-    x = torch.randn(spec["batch"], *model.sample_shape, device=spec["device"])
-    sample(model.denoiser, x_T=x[:1], steps=1)  # one-time library set-up (kernels, thread pools) is not sampling
-    kw = {"steps": spec["steps"], "sampler": spec["sampler"], "return_trajectory": spec["trajectory"]}
-    if spec["device"].startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        sample(model.denoiser, x_T=x, **kw)
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    with open("/proc/self/clear_refs", "w") as f:  # reset the peak RSS (VmHWM) to the current RSS
-        f.write("5")
-    base = _rss_mb("VmRSS")
-    sample(model.denoiser, x_T=x, **kw)
-    return _rss_mb("VmHWM") - base
+    with torch.no_grad():
+        if spec.get("prompt") is not None:
+            run = _run_text_to_image(spec)
+            run(1, 1)  # set-up (kernels, thread pools, the prompt's embedding) is not sampling
+            return _peak_mb(lambda: run(spec["steps"], spec["batch"]), spec["device"])
+        model = load_model(spec["model"]).to(spec["device"])
+        x = torch.randn(spec["batch"], *model.sample_shape, device=spec["device"])
+        sample(model.denoiser, x_T=x[:1], steps=1)  # one-time library set-up (kernels, thread pools) is not sampling
+        kw = {"steps": spec["steps"], "sampler": spec["sampler"], "return_trajectory": spec["trajectory"]}
+        return _peak_mb(lambda: sample(model.denoiser, x_T=x, **kw), spec["device"])
 
 
 if __name__ == "__main__":

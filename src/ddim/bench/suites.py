@@ -13,7 +13,7 @@ SUITES = ("overhead", "solvers", "quality", "speed", "eta-variance", "reconstruc
 
 def run(suite: str, out: str | Path, *, quick: bool = False, command: str = "", device: str = "cpu",
         n: int | None = None, steps_list: list[int] | None = None, steps: int = 50, seeds: int = 3,
-        reflowed: str | None = None) -> Path:
+        reflowed: str | None = None, model: str | None = None) -> Path:
     """Run one suite and write its report (and figures) into `out`; prints the report and where it went."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -44,8 +44,16 @@ def run(suite: str, out: str | Path, *, quick: bool = False, command: str = "", 
             text = q.quality(out, quick, command, n=n, steps_list=steps_list, seeds=seeds)
         elif suite == "eta-variance":
             text = q.eta_variance(out, quick, command)
+        elif suite == "speed" and model is not None:
+            from .text2image import speed_text2image
+
+            text = speed_text2image(out, quick, command, model, device)
         elif suite == "speed":
             text = q.speed(out, quick, command, device)
+        elif model is not None:
+            from .text2image import reconstruction_text2image
+
+            text = reconstruction_text2image(out, quick, command, model)
         else:
             text = q.reconstruction(out, quick, command)
     else:
