@@ -187,3 +187,17 @@ def test_bench_on_a_stable_diffusion_folder_quick(sd, tmp_path, suite):
 
     text = run(suite, tmp_path, quick=True, model=str(sd)).read_text()
     assert "Command:" in text and ("diffusers" in text if suite == "speed" else "negative" in text)
+
+
+def test_cli_invert_and_edit_real_images_with_prompts(sd, tmp_path):
+    from ddim.app.cli import main
+
+    imgs = tmp_path / "imgs.npy"
+    assert main(["sample", "--model", str(sd), "--prompt", "a cat", "--steps", "4", "-n", "2", "--out",
+                 str(imgs)]) == 0
+    assert main(["invert", "--model", str(sd), "--input", str(imgs), "--prompt", "a cat", "--steps", "4",
+                 "--out", str(tmp_path / "z.npy")]) == 0
+    assert np.load(tmp_path / "z.npy").shape == (2, 4, 8, 8)
+    assert main(["edit", "--model", str(sd), "--input", str(imgs), "--prompt", "a cat", "--to-prompt", "a dog",
+                 "--strength", "0.5", "--steps", "4", "--inversion", "negative", "--out", str(tmp_path / "e.png")]) == 0
+    assert (tmp_path / "e.png").is_file()

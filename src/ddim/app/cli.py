@@ -275,8 +275,14 @@ def cmd_invert(args: argparse.Namespace) -> int:
     out = _npy_path(args.out)
     model = load_model(args.model)
     den = model.denoiser
-    x0 = _inputs(args, model.sample_shape)
-    cond = _input_conditioning(args, den, len(x0))
+    if "pipeline" in model.info:  # images → VAE latents, inverted under the prompt
+        pipe = model.info["pipeline"]
+        images = _inputs(args, pipe.image_shape)
+        x0 = pipe.encode(images)
+        cond = {"condition": pipe.condition([args.prompt or ""]), "guidance": _guidance(args)}
+    else:
+        x0 = _inputs(args, model.sample_shape)
+        cond = _input_conditioning(args, den, len(x0))
     t0 = time.perf_counter()
     z, stats = invert(den, x0, args.steps, args.spacing, refine=args.refine, eta=args.eta, return_stats=True,
                       **cond)
@@ -324,6 +330,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from ..io.loader import load_model
 
     model = load_model(args.model)
+    if "pipeline" in model.info:
+        return _edit_prompts(args, model)
     x0 = _inputs(args, model.sample_shape)
     if args.to_class is not None or args.strength is not None:
         return _edit_class(args, model, x0)
@@ -346,6 +354,32 @@ def _numbers(text: str, flag: str) -> list[float]:
         return [float(v) for v in text.split(",")]
     except ValueError:
         raise UsageError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+
+
+def _edit_prompts(args: argparse.Namespace, model) -> int:
+    """Real images: invert under --prompt, regenerate under --to-prompt; img2img (SDEdit) at each --strength."""
+    import torch
+
+    from ..io.plots import save_edit_grid
+    from ..ops.text_to_image import edit_images, img2img
+
+    pipe = model.info["pipeline"]
+    if args.to_prompt is None:
+        raise UsageError("give --to-prompt (the prompt to edit towards) and --prompt (the images' own)")
+    images = _inputs(args, pipe.image_shape)
+    g = _guidance(args, default=7.5)
+    r = edit_images(pipe, images, args.prompt or "", args.to_prompt, steps=args.steps, guidance=g,
+                    inversion=args.inversion, refine=args.refine)
+    cols, outs = ["real", "reconstruction", f"→ {args.to_prompt[:20]!r}"], [images, r.reconstruction, r.edited]
+    for s in _numbers(args.strength, "--strength") if args.strength else []:
+        outs.append(img2img(pipe, images, args.to_prompt, s, guidance=g, steps=args.steps, seed=args.seed))
+        cols.append(f"img2img {s:g}")
+    fig = save_edit_grid(torch.stack(outs), cols, Path(args.out))
+    mse = float((r.reconstruction - images).pow(2).mean())
+    print(f"edited {len(images)} images to {args.to_prompt!r} ({args.inversion} inversion, {args.steps} steps, "
+          f"guidance {g.scale:g}): reconstruction MSE {mse:.3e}")
+    print(f"wrote {fig}")
+    return 0
 
 
 def _edit_class(args: argparse.Namespace, model, x0) -> int:
@@ -508,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--index", type=int, nargs="+", default=None, help="rows of the data to use")
         p.add_argument("--n", type=_positive_int, default=16, help="number of rows when no --index (default 16)")
         _add_guidance_options(p)
+        p.add_argument("--prompt", default=None, help="text-to-image folders: the images' own prompt")
 
     p = sub.add_parser("invert", help="encode data to noise with DDIM inversion (and check the round trip)",
                        description="Encode data to x_T by running DDIM forward in time; writes the encodings "
@@ -537,6 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scales", default="-1,-0.5,0,0.5,1", help="comma-separated scales (default: %(default)s)")
     p.add_argument("--examples", type=_positive_int, default=64,
                    help="examples per class for class directions (default 64)")
+    p.add_argument("--to-prompt", default=None, help="text-to-image folders: the prompt to regenerate under")
     p.add_argument("--to-class", type=_nonneg_int, default=None,
                    help="conditional models: invert under the source class, regenerate under this one")
     p.add_argument("--inversion", default="refined", choices=["naive", "refined", "negative"],
