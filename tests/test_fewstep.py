@@ -84,3 +84,49 @@ def test_first_order_sde_dpm_solver_is_ddpm_ancestral_sampling():
 
 def test_sde_nfe():
     assert SAMPLERS["dpmpp_2m_sde"].nfe(10) == 10 and SAMPLERS["dpmpp_sde"].nfe(10) == 10
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+@pytest.mark.parametrize("kind,option", [("lcm", None), ("tcd", 0.3), ("tcd", 0.0), ("tcd", 1.0)])
+def test_consistency_samplers_match_diffusers_lcm_and_tcd(steps, kind, option):
+    """Same model outputs, same noise: our lcm / tcd samplers reproduce LCMScheduler / TCDScheduler."""
+    from diffusers import LCMScheduler, TCDScheduler
+
+    from ddim.io.config import denoiser_from_config
+
+    net = random_mlp(4)
+    ref = (LCMScheduler if kind == "lcm" else TCDScheduler)()
+    ref.set_timesteps(steps)
+    den = denoiser_from_config(net, dict(ref.config))
+    ts = den.schedule.timesteps(steps, "lcm")
+    assert ts.tolist() == ref.timesteps.tolist()
+    x_T = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(5)
+    draws, x = [], x_T.clone()
+    kw = {} if kind == "lcm" else {"eta": option}
+    with torch.no_grad():
+        for t in ref.timesteps:
+            out = net(x, t.expand(8))
+            state = g.get_state()
+            x = ref.step(out, t, x, generator=g, **kw).prev_sample
+            if not torch.equal(g.get_state(), state):  # the step drew noise: replay the same draw for ours
+                draws.append(torch.randn(x.shape, generator=torch.Generator().set_state(state), dtype=x.dtype))
+    it = iter(draws)
+    opts = {} if kind == "lcm" else {"gamma": option}
+    with torch.no_grad():
+        ours = SAMPLERS[kind](den, x_T, ts, generator=lambda: next(it), **opts)
+    assert float((ours - x).abs().max()) <= 1e-6 * max(1.0, float(x.abs().max()))
+
+
+def test_lcm_folder_samples_with_its_consistency_sampler_by_default(tmp_path):
+    from diffusers import LCMScheduler
+
+    from ddim.io.checkpoint import export_diffusers
+    from ddim.io.loader import load_model
+    from ddim.models.unet import small_unet
+
+    export_diffusers(small_unet(), {**LCMScheduler().config, "_class_name": "LCMScheduler"}, tmp_path / "m")
+    m = load_model(tmp_path / "m")
+    assert m.resolve_sampling(4) == ("lcm", "lcm", 4)
+    x = sample(m.denoiser, (2, 1, 8, 8), steps=4, sampler="lcm", spacing="lcm")
+    assert torch.isfinite(x).all()

@@ -22,7 +22,7 @@ from .path import NoisePath
 #: diffusers' spacings whose first step is t = T-1 for every step count, so the first network call sees
 #: the noise level x_T ~ N(0, I) was drawn for (Lin et al. 2024, "Common Diffusion Noise Schedules and
 #: Sample Steps are Flawed"); "leading" with 50 steps starts at t = 980 and "linspace" rounds.
-SPACINGS = ("trailing", "leading", "linspace", "uniform", "quadratic", "logsnr", "karras", "time_quadratic")
+SPACINGS = ("trailing", "leading", "linspace", "uniform", "quadratic", "logsnr", "karras", "time_quadratic", "lcm")
 DEFAULT_SPACING = "trailing"
 
 def _cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
@@ -72,6 +72,8 @@ class NoiseSchedule(NoisePath):
             raise UsageError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
         self.alphas_cumprod: torch.Tensor = abar
         self.final_alpha_cumprod: float = float(final_alpha_cumprod)
+        #: LCM/TCD configs: the distillation grid the `lcm` spacing takes its steps from
+        self.original_inference_steps = 50
         self.steps_offset: int = int(steps_offset)
         self.spacing: str = spacing
         self.description: str = description
@@ -224,7 +226,8 @@ class NoiseSchedule(NoisePath):
         as there). uniform is the DDIM reference code's `range(0, T, T//S)` cut to exactly S steps;
         quadratic is its `int(linspace(0, sqrt(0.8 T), S)**2)` with repeats removed (a warning says so).
         logsnr / karras / time_quadratic place steps uniformly in log-SNR, in Karras' ρ=7 sigma grid,
-        or quadratically in time, mapped to the nearest grid index.
+        or quadratically in time, mapped to the nearest grid index. lcm is LCMScheduler's (and TCD's) list: S
+        evenly spaced entries of the skip grid of `original_inference_steps` (50) steps.
         """
         if isinstance(num_steps, torch.Tensor) or not isinstance(num_steps, int | np.integer):
             return self.validate_timesteps(num_steps)
@@ -246,6 +249,12 @@ class NoiseSchedule(NoisePath):
             ts = (np.linspace(0, math.sqrt(T * 0.8), S) ** 2).astype(np.int64)
         elif spacing in ("logsnr", "karras", "time_quadratic"):
             ts = self._continuous_spacing(S, spacing)
+        elif spacing == "lcm":  # LCMScheduler / TCDScheduler: S of the `original_inference_steps` skip grid
+            orig = self.original_inference_steps
+            if S > orig:
+                raise UsageError(f"the lcm spacing takes at most original_inference_steps={orig} steps, got {S}")
+            origin = (np.arange(1, orig + 1, dtype=np.int64) * (T // orig) - 1)[::-1]
+            ts = origin[np.floor(np.linspace(0, orig, num=S, endpoint=False)).astype(np.int64)][::-1]
         else:
             raise UsageError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
         uniq = np.unique(ts)

@@ -45,7 +45,7 @@ _OTHER_KEYS = {
     "solver_type", "lower_order_final", "use_karras_sigmas", "predict_x0", "disable_corrector", "solver_p",
     "euler_at_final", "final_sigmas_type", "use_lu_lambdas", "use_exponential_sigmas", "use_beta_sigmas",
     "use_flow_sigmas", "lambda_min_clipped", "flow_shift", "shift", "time_shift_type", "timestep_type",
-    "_use_default_values",
+    "_use_default_values", "original_inference_steps", "timestep_scaling",
 }
 SCHEDULE_CONFIG_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
                         "set_alpha_to_one", "steps_offset", "rescale_betas_zero_snr", "timestep_spacing")
@@ -174,6 +174,10 @@ def schedule_from_config(config: dict[str, Any] | str | Path) -> NoisePath:
         raise UsageError(f"{where}: {e}") from None
     if not c["set_alpha_to_one"]:
         sched.final_alpha_cumprod = sched.alpha_bar(0)
+    orig = raw.get("original_inference_steps", 50)
+    if isinstance(orig, bool) or not isinstance(orig, int) or not 1 <= orig <= T:
+        raise UsageError(f"{where}: original_inference_steps must be an integer in 1..{T}, got {orig!r}")
+    sched.original_inference_steps = orig
     sched.config.update({"set_alpha_to_one": c["set_alpha_to_one"], "steps_offset": sched.steps_offset,
                          "timestep_spacing": spacing})
     return sched

@@ -15,6 +15,8 @@ from ..core.prediction import Denoiser
 from ..core.schedule import NoiseSchedule
 
 BUILTIN_MODELS = ("digits", "digits-cond", "digits-flow")
+#: scheduler classes whose models sample with a consistency sampler by default
+CONSISTENCY_SCHEDULERS = {"LCMScheduler": "lcm", "TCDScheduler": "tcd"}
 
 
 @dataclass
@@ -49,6 +51,9 @@ class LoadedModel:
             return sampler, spacing, steps
         best = self.sampling_defaults(steps)
         if not best:
+            consistency = CONSISTENCY_SCHEDULERS.get(self.info.get("scheduler_class"))
+            if consistency is not None:  # a model shipped with LCM/TCD scheduling samples that way
+                return consistency, spacing or "lcm", steps
             return "ddim", spacing, steps
         return best["sampler"], spacing or best.get("spacing"), int(best.get("steps", steps))
 
@@ -92,14 +97,16 @@ def load_model(spec: str | Path) -> LoadedModel:
         pipe = LatentDiffusion(path)
         return LoadedModel(pipe.denoiser, pipe.latent_shape, spec, {"pipeline": pipe})
     if (path / "unet").is_dir() or (path / "model_index.json").is_file() or (path / "scheduler").is_dir():
+        from .checkpoint import read_json
         from .interop import load
 
         den = load(path)
-        info = {}
+        info: dict[str, Any] = {}
         if (path / "sampling.json").is_file():
-            from .checkpoint import read_json
-
             info["sampling"] = read_json(path / "sampling.json")
+        sched_file = path / "scheduler" / "scheduler_config.json"
+        if sched_file.is_file():
+            info["scheduler_class"] = read_json(sched_file).get("_class_name")
         return LoadedModel(den, den.sample_shape or (), spec, info)
     if not path.exists():
         raise UsageError(f"unknown model {spec!r}: use mixture:mog3, digits, a run folder or a diffusers folder")

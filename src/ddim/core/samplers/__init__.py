@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from . import ddim as _ddim  # noqa: F401  (registers)
+from . import consistency as _consistency  # noqa: F401  (registers)
+from . import ddim as _ddim  # noqa: F401
 from . import ddpm as _ddpm  # noqa: F401
 from . import dpmpp as _dpmpp  # noqa: F401
 from . import heun as _heun  # noqa: F401
