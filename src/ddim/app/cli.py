@@ -47,7 +47,7 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
                         "else ddim)")
     p.add_argument("--eta", type=_finite_nonneg, default=None,
                    help="DDIM noise scale: 0 deterministic (default), 1 DDPM-like; only for samplers that take eta")
-    p.add_argument("--spacing", default=None, choices=SPACINGS,
+    p.add_argument("--spacing", default=None, choices=(*SPACINGS, "optimised"),
                    help="timestep spacing (default: the model's, usually trailing)")
     p.add_argument("--seed", type=_nonneg_int, default=0,
                    help="seed of the first sample; sample i uses seed+i (default: 0)")
@@ -114,7 +114,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model.to(device, _dtype(args.dtype))
     if args.compile:
         model.denoiser.net = compile_network(model.denoiser.net)
-    args.sampler, args.spacing, args.steps = model.resolve_sampling(args.steps, args.sampler, args.spacing)
+    timesteps = None
+    if args.spacing == "optimised":  # the model's schedule.json: its sampler and step list
+        args.sampler, timesteps = model.optimised(args.sampler, None)
+        args.steps, args.spacing = len(timesteps), None
+    else:
+        args.sampler, args.spacing, args.steps = model.resolve_sampling(args.steps, args.sampler, args.spacing)
     if "pipeline" in model.info:
         return _sample_prompts(args, model, out)
     if args.prompt:
@@ -123,7 +128,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     with torch.no_grad():
         arr, stats = draw(model.denoiser, model.sample_shape, args.n, batch=args.batch, seed=args.seed,
                           shard_folder=out.with_name(out.stem + ".shards"), dist=dist, steps=args.steps,
-                          sampler=args.sampler, spacing=args.spacing, device=device, **_sampler_options(args),
+                          sampler=args.sampler, spacing=args.spacing, timesteps=timesteps, device=device,
+                          **_sampler_options(args),
                           **_conditioning(args, args.n))
     dt = time.perf_counter() - t0
     if not dist.is_main:
@@ -133,7 +139,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     fig = save_samples_figure(torch.from_numpy(arr), out.with_suffix(".png"),
                               f"{model.name}: {args.sampler}{eta} {args.steps} steps")
     ranks = f" on {dist.world_size} ranks" if dist.active else ""
-    sp = f", {args.spacing} spacing" if args.spacing else ""
+    sp = f", {args.spacing} spacing" if args.spacing else (", optimised schedule" if timesteps is not None else "")
     print(f"{args.n} samples from {model.name} with {args.sampler} ({args.steps} steps{sp}{eta}){ranks}: "
           f"NFE {stats.nfe} per batch, {dt:.2f} s")
     print(f"wrote {out} and {fig}")
@@ -231,6 +237,27 @@ def cmd_reflow(args: argparse.Namespace) -> int:
     print(f"reflowed {args.model} in {time.perf_counter() - t0:.1f} s: run {run}")
     if (run / "diffusers").is_dir():
         print(f"diffusers pipeline folder: {run / 'diffusers'}")
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from ..io.loader import load_model
+    from ..io.schedule_file import FILE, write_schedule
+    from ..ops.optimize import search_schedule
+
+    model = load_model(args.model)
+    out = Path(args.out) if args.out else (Path(model.info["folder"]) / FILE if "folder" in model.info else None)
+    if out is None:
+        raise UsageError(f"{model.name} has no folder for {FILE}: give --out FILE")
+    t0 = time.perf_counter()
+    r = search_schedule(model.denoiser, args.nfe, args.sampler, method=args.method, n_cal=args.n_cal,
+                        progress=True)
+    write_schedule(out, model.denoiser, r, args.method, args.n_cal)
+    print(f"{args.method} schedule for {args.sampler} at NFE {args.nfe}: {[round(t, 4) for t in r.timesteps.tolist()]}"
+          f" in {time.perf_counter() - t0:.1f} s")
+    print(f"calibration error {r.error_optimized:.4g} (best fixed spacing {r.error_start:.4g}; calibration batch "
+          f"{args.n_cal}: judge it on another batch, e.g. ddim bench fewstep)")
+    print(f"wrote {out}; use it with --spacing optimised")
     return 0
 
 
@@ -504,6 +531,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder to create")
     p.add_argument("--resume", default=None, metavar="RUN", help="continue the run in this folder")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("schedule", help="search a step list for a model and sampler (GITS, coordinate descent)",
+                       description="Search the timesteps for an NFE budget on a calibration batch and store them as "
+                                   "schedule.json beside the model (use with --spacing optimised).")
+    p.add_argument("--model", required=True, help="a run folder or diffusers folder (or give --out)")
+    p.add_argument("--nfe", type=_positive_int, default=10, help="network evaluations (default: %(default)s)")
+    p.add_argument("--sampler", default="unipc", help="the sampler the schedule is for (default: %(default)s)")
+    p.add_argument("--method", default="gits+cd", choices=["gits", "coordinate", "gits+cd"],
+                   help="GITS dynamic programming, coordinate descent, or GITS refined by it (default)")
+    p.add_argument("--n-cal", type=_positive_int, default=512, help="calibration samples (default: %(default)s)")
+    p.add_argument("--out", default=None, help="where to write (default: MODEL/schedule.json)")
+    p.set_defaults(func=cmd_schedule)
 
     p = sub.add_parser("reflow", help="rectified flow: couple noise with the model's ODE samples and fine-tune",
                        description="Reflow (Liu et al. 2023): draw (noise, sample) pairs with an ODE sampler from a "

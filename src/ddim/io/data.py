@@ -15,9 +15,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 def mixture(name: str) -> GaussianMixture:
-    """The exact mixture behind a built-in data set (only `mog3` has one)."""
+    """The exact mixture behind a built-in name: `mog3` (2-D, the tutorial's) or `mog3d` (3-D, anisotropic)."""
+    if name == "mog3d":
+        from ..models.mixture import mog3d
+
+        return mog3d()
     if name != "mog3":
-        raise UsageError(f"no exact mixture for {name!r} (only 'mog3')")
+        raise UsageError(f"no exact mixture for {name!r} (mog3, mog3d)")
     return mog3()
 
 

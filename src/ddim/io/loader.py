@@ -57,6 +57,15 @@ class LoadedModel:
             return "ddim", spacing, steps
         return best["sampler"], spacing or best.get("spacing"), int(best.get("steps", steps))
 
+    def optimised(self, sampler: str | None, steps: int | None) -> tuple[str, torch.Tensor]:
+        """(sampler, timesteps) of the model's stored schedule.json (`--spacing optimised`)."""
+        from .schedule_file import FILE, read_schedule
+
+        folder = self.info.get("folder")
+        if folder is None:
+            raise UsageError(f"{self.name} has no folder to hold a {FILE}")
+        return read_schedule(Path(folder) / FILE, self.denoiser, sampler, steps)
+
     def exact_log_likelihood(self, x: torch.Tensor, bits_per_dim: bool = False) -> torch.Tensor | None:
         """The true log-density of x at the model's lowest level, for exact mixtures; None for trained models."""
         mix = self.info.get("mixture")
@@ -88,7 +97,7 @@ def load_model(spec: str | Path) -> LoadedModel:
         from .runs import load_run_denoiser
 
         den, cfg = load_run_denoiser(path)
-        return LoadedModel(den, den.sample_shape, spec, {"config": cfg})
+        return LoadedModel(den, den.sample_shape, spec, {"config": cfg, "folder": str(path)})
     from .text2image import is_text_to_image_folder
 
     if is_text_to_image_folder(path):
@@ -101,7 +110,7 @@ def load_model(spec: str | Path) -> LoadedModel:
         from .interop import load
 
         den = load(path)
-        info: dict[str, Any] = {}
+        info: dict[str, Any] = {"folder": str(path)}
         if (path / "sampling.json").is_file():
             info["sampling"] = read_json(path / "sampling.json")
         sched_file = path / "scheduler" / "scheduler_config.json"

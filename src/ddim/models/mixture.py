@@ -251,3 +251,21 @@ def cmog() -> ConditionalMixture:
         cls([1.5, 0.0], [0.5, 1.0], [[0.20, -0.05], [-0.05, 0.10]], [[0.10, 0.0], [0.0, 0.25]]),
         cls([0.0, -1.2], [0.0, 0.3], [[0.30, 0.0], [0.0, 0.08]], [[0.15, 0.0], [0.0, 0.15]]),
     ], weights=[0.4, 0.35, 0.25])
+
+
+def mog3d() -> GaussianMixture:
+    """A 3-D mixture of four strongly anisotropic, rotated components (schedule-search benchmark)."""
+    def rot(a: float, b: float) -> torch.Tensor:
+        ca, sa, cb, sb = math.cos(a), math.sin(a), math.cos(b), math.sin(b)
+        rz = torch.tensor([[ca, -sa, 0.0], [sa, ca, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+        rx = torch.tensor([[1.0, 0.0, 0.0], [0.0, cb, -sb], [0.0, sb, cb]], dtype=torch.float64)
+        return rz @ rx
+
+    scales = [(1.0, 0.05, 0.2), (0.6, 0.02, 0.3), (0.03, 0.8, 0.1), (0.4, 0.4, 0.01)]
+    angles = [(0.3, 0.5), (1.2, -0.4), (-0.7, 1.1), (2.0, 0.2)]
+    covs = []
+    for s, (a, b) in zip(scales, angles):
+        r = rot(a, b)
+        covs.append((r @ torch.diag(torch.tensor(s, dtype=torch.float64) ** 2) @ r.T).tolist())
+    return GaussianMixture([0.3, 0.25, 0.25, 0.2], [[-1.5, 0.0, 0.5], [1.5, 0.5, -0.5], [0.0, -1.5, 0.0],
+                                                    [0.0, 1.5, 1.0]], covs)

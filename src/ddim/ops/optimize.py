@@ -50,7 +50,7 @@ def optimize_timesteps(denoiser: Denoiser, nfe: int, sampler: str = "dpmpp_2m", 
                        *, n_cal: int = 64, sample_shape: Sequence[int] | None = None, start: str | None = None,
                        rounds: int = 6, reference: torch.Tensor | None = None, progress: bool = False,
                        condition: Any = None, guidance: Guidance | float | None = None, uncond: Any = None,
-                       **options: Any) -> OptimizedSchedule:
+                       init: torch.Tensor | None = None, **options: Any) -> OptimizedSchedule:
     """Coordinate descent on the interior step positions (the first step stays at T-1, where x_T lives).
 
     Starts from the best fixed spacing on the calibration batch (or `start`), tries moving each timestep
@@ -77,13 +77,14 @@ def optimize_timesteps(denoiser: Denoiser, nfe: int, sampler: str = "dpmpp_2m", 
 
     candidates = [start] if start else list(FIXED_SPACINGS)
     best_sp, best_ts, best_e = None, None, float("inf")
-    for sp in candidates:
+    for sp in ([init] if init is not None else candidates):
         try:
             import warnings
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ts = sched.timesteps(steps, sp)
+                ts = sched.timesteps(steps, sp) if isinstance(sp, str) else sched.validate_timesteps(sp).long()
+            sp = sp if isinstance(sp, str) else "given"
         except ValueError:
             continue
         if len(ts) != steps or int(ts[0]) != sched.T - 1:
@@ -131,3 +132,112 @@ def _is64(denoiser: Denoiser) -> bool:
         for p in params():
             return p.dtype == torch.float64
     return True
+
+
+@torch.no_grad()
+def gits_timesteps(denoiser: Denoiser, nfe: int, sampler: str = "dpmpp_2m", x_cal: torch.Tensor | None = None, *,
+                   n_cal: int = 64, sample_shape: Sequence[int] | None = None, candidates: int = 100,
+                   condition: Any = None, guidance: Guidance | float | None = None, uncond: Any = None,
+                   progress: bool = False) -> OptimizedSchedule:
+    """GITS (Chen et al. 2024, §4): dynamic programming over a fine candidate grid for the step list whose summed
+    local error of one DDIM step against the teacher trajectory (here UniPC-3 through ~8× finer levels) is
+    smallest; the path has the sampler's step count for `nfe`. One network call per candidate level."""
+    denoiser = bind(denoiser, condition, guidance, uncond)
+    path = denoiser.schedule
+    steps = get_sampler(sampler).steps_for_nfe(nfe)
+    if x_cal is None:
+        shape = sample_shape or denoiser.sample_shape
+        if shape is None:
+            raise UsageError("give x_cal or sample_shape")
+        x_cal = SeededNoise(range(10**6, 10**6 + n_cal), shape, dtype=torch.float64 if _is64(denoiser) else
+                            torch.float32).initial()
+    cand = path.timesteps(candidates, "logsnr").tolist()
+    if len(cand) <= steps:
+        raise UsageError(f"{len(cand)} candidate levels cannot hold {steps} steps; raise candidates")
+    fine = sorted(set(cand) | set(path.timesteps(8 * candidates, "logsnr").tolist()), reverse=True)
+    # the teacher's state at every candidate level (and at the data end)
+    states: dict[float, torch.Tensor] = {fine[0]: x_cal}
+    keep = set(cand)
+    fine_t = torch.tensor(fine, dtype=torch.float64)
+
+    def grab(info: Any) -> None:
+        nxt = fine[info.i + 1] if info.i + 1 < len(fine) else None
+        if nxt in keep:
+            states[nxt] = info.x
+
+    final = sample(denoiser, x_T=x_cal, timesteps=fine_t, sampler="unipc", order=3, callback=grab)
+    from ..core.samplers.ddim import ddim_plan
+
+    m = len(cand)
+    cost = [[float("inf")] * (m + 1) for _ in range(m)]  # cost[i][j]: one DDIM step cand[i] → cand[j] (m = data)
+    it = range(m)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="GITS costs", leave=False)
+    for i in it:
+        x_i = states[cand[i]]
+        out = denoiser.call_net(x_i, cand[i])
+        for j in range(i + 1, m + 1):
+            ts = torch.tensor([cand[i]] + ([cand[j]] if j < m else []), dtype=torch.float64)
+            plan = ddim_plan(denoiser, ts, 0.0)
+            x_j = torch.add(x_i * plan.p[0], out, alpha=plan.q[0])
+            target = states[cand[j]] if j < m else final
+            cost[i][j] = _rmse(x_j, target)
+    # shortest path from node 0 to the data (node m) with exactly `steps` edges
+    inf = float("inf")
+    best = [[inf] * (m + 1) for _ in range(steps + 1)]
+    back = [[-1] * (m + 1) for _ in range(steps + 1)]
+    best[0][0] = 0.0
+    for k in range(1, steps + 1):
+        for j in range(1, m + 1):
+            for i in range(j):
+                v = best[k - 1][i] + cost[i][j]
+                if v < best[k][j]:
+                    best[k][j], back[k][j] = v, i
+    nodes, j = [], m
+    for k in range(steps, 0, -1):
+        j = back[k][j]
+        nodes.append(j)
+    ts = torch.tensor([cand[i] for i in reversed(nodes)], dtype=torch.int64 if path.grid else torch.float64)
+    ref = reference_solution(denoiser, x_cal) if path.grid else final
+    e_opt = schedule_error(denoiser, sampler, ts, x_cal, ref)
+    e_fixed = min(schedule_error(denoiser, sampler, path.timesteps(steps, sp), x_cal, ref)
+                  for sp in _spacings(path, steps))
+    return OptimizedSchedule(ts, sampler, nfe, "gits", e_fixed, e_opt, m)
+
+
+def _spacings(path: Any, steps: int) -> list[str]:
+    """The fixed spacings that give `steps` distinct levels on this path."""
+    import warnings
+
+    out = []
+    names = FIXED_SPACINGS if path.grid else ("uniform", "logsnr", "karras")
+    for sp in names:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if len(path.timesteps(steps, sp)) == steps:
+                    out.append(sp)
+        except ValueError:
+            continue
+    return out
+
+
+SEARCH_METHODS = ("gits", "coordinate", "gits+cd")
+
+
+def search_schedule(denoiser: Denoiser, nfe: int, sampler: str = "unipc", *, method: str = "gits+cd",
+                    n_cal: int = 512, progress: bool = False, **kw: Any) -> OptimizedSchedule:
+    """A step list for `nfe` evaluations of `sampler`: GITS, coordinate descent from the best fixed spacing, or
+    GITS refined by coordinate descent on the sampler's own error (the calibration batch: seeds 10⁶ + i)."""
+    if method not in SEARCH_METHODS:
+        raise UsageError(f"unknown schedule search {method!r}; choose one of {', '.join(SEARCH_METHODS)}")
+    if method == "coordinate":
+        return optimize_timesteps(denoiser, nfe, sampler, n_cal=n_cal, progress=progress, **kw)
+    g = gits_timesteps(denoiser, nfe, sampler, n_cal=n_cal, progress=progress, **kw)
+    if method == "gits" or not denoiser.schedule.grid:
+        return g
+    r = optimize_timesteps(denoiser, nfe, sampler, n_cal=n_cal, progress=progress, init=g.timesteps, **kw)
+    return OptimizedSchedule(r.timesteps, sampler, nfe, "gits+cd", g.error_start, r.error_optimized,
+                             g.evaluations + r.evaluations, r.history)
