@@ -170,3 +170,9 @@ def test_schedule_file_round_trip_and_refusals(tmp_path, capsys):
     shutil.copy(runs[0] / "schedule.json", runs[1] / "schedule.json")
     assert main(["sample", "--model", str(runs[1]), "--spacing", "optimised", "-n", "8", "--out", str(out)]) == 2
     assert "another model" in capsys.readouterr().err
+
+
+def test_ays_spacing_is_the_published_sd15_list_at_10_steps():
+    s = NoiseSchedule.scaled_linear(1000, 0.00085, 0.012)
+    assert s.timesteps(10, "ays").tolist() == [999, 850, 736, 645, 545, 455, 343, 233, 124, 24]
+    assert len(s.timesteps(4, "ays")) == 4

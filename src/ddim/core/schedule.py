@@ -22,7 +22,10 @@ from .path import NoisePath
 #: diffusers' spacings whose first step is t = T-1 for every step count, so the first network call sees
 #: the noise level x_T ~ N(0, I) was drawn for (Lin et al. 2024, "Common Diffusion Noise Schedules and
 #: Sample Steps are Flawed"); "leading" with 50 steps starts at t = 980 and "linspace" rounds.
-SPACINGS = ("trailing", "leading", "linspace", "uniform", "quadratic", "logsnr", "karras", "time_quadratic", "lcm")
+SPACINGS = ("trailing", "leading", "linspace", "uniform", "quadratic", "logsnr", "karras", "time_quadratic", "lcm",
+            "ays")
+#: Align Your Steps (Sabour et al. 2024): the 10-step list published for Stable Diffusion 1.5 (scaled-linear β)
+AYS_SD15 = (999, 850, 736, 645, 545, 455, 343, 233, 124, 24)
 DEFAULT_SPACING = "trailing"
 
 def _cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
@@ -227,7 +230,9 @@ class NoiseSchedule(NoisePath):
         quadratic is its `int(linspace(0, sqrt(0.8 T), S)**2)` with repeats removed (a warning says so).
         logsnr / karras / time_quadratic place steps uniformly in log-SNR, in Karras' ρ=7 sigma grid,
         or quadratically in time, mapped to the nearest grid index. lcm is LCMScheduler's (and TCD's) list: S
-        evenly spaced entries of the skip grid of `original_inference_steps` (50) steps.
+        evenly spaced entries of the skip grid of `original_inference_steps` (50) steps. ays is Align Your
+        Steps' published SD 1.5 10-step list, interpolated log-linearly in σ for other step counts (tuned for SD's
+        schedule: on other models a heuristic, not an optimised list — use `ddim schedule` for that).
         """
         if isinstance(num_steps, torch.Tensor) or not isinstance(num_steps, int | np.integer):
             return self.validate_timesteps(num_steps)
@@ -247,7 +252,7 @@ class NoiseSchedule(NoisePath):
             ts = np.arange(S, dtype=np.int64) * (T // S)
         elif spacing == "quadratic":
             ts = (np.linspace(0, math.sqrt(T * 0.8), S) ** 2).astype(np.int64)
-        elif spacing in ("logsnr", "karras", "time_quadratic"):
+        elif spacing in ("logsnr", "karras", "time_quadratic", "ays"):
             ts = self._continuous_spacing(S, spacing)
         elif spacing == "lcm":  # LCMScheduler / TCDScheduler: S of the `original_inference_steps` skip grid
             orig = self.original_inference_steps
@@ -281,6 +286,11 @@ class NoiseSchedule(NoisePath):
             return _spread(np.round(u * (T - 1)).astype(np.int64), T)
         if spacing == "logsnr":
             targets = np.linspace(lam_hi, lam_lo, S)
+        elif spacing == "ays":  # Align Your Steps' published SD 1.5 list, log-linear in σ for other step counts
+            base = np.round(np.array(AYS_SD15) * (T / 1000)).astype(np.int64).clip(0, T - 1)
+            log_sig = -lam[base] / 2  # log σ_e = −(log-SNR)/2, increasing with t
+            log_sig = np.interp(np.linspace(0, 1, S), np.linspace(0, 1, len(base)), log_sig[::-1])
+            targets = -2 * log_sig
         else:  # karras: sigma = sqrt((1-ᾱ)/ᾱ), rho = 7, from sigma_min to sigma_max
             rho = 7.0
             smin, smax = math.exp(-lam_hi / 2), math.exp(-lam_lo / 2)
