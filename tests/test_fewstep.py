@@ -176,3 +176,24 @@ def test_ays_spacing_is_the_published_sd15_list_at_10_steps():
     s = NoiseSchedule.scaled_linear(1000, 0.00085, 0.012)
     assert s.timesteps(10, "ays").tolist() == [999, 850, 736, 645, 545, 455, 343, 233, 124, 24]
     assert len(s.timesteps(4, "ays")) == 4
+
+
+def test_progressive_distillation_rounds_package_and_step_refusal(tmp_path, capsys):
+    from ddim.app.cli import main
+    from ddim.io.loader import load_model
+
+    assert main(["distill", "--model", "digits", "--out", str(tmp_path / "d"), "--start-steps", "8", "--iters", "3",
+                 "--batch-size", "8"]) == 0
+    for k in ("v", "4", "2", "1"):
+        assert (tmp_path / "d" / f"round-{k}" / "diffusers" / "unet" / "config.json").is_file()
+    m = load_model(tmp_path / "d" / "model")
+    w4 = {k: v.clone() for k, v in m.denoiser.net.state_dict().items()}
+    assert m.resolve_sampling(1) == ("ddim", "trailing", 1)
+    assert any(not torch.equal(v, m.denoiser.net.state_dict()[k]) for k, v in w4.items())  # the 1-step student
+    out = tmp_path / "x.npy"
+    assert main(["sample", "--model", str(tmp_path / "d" / "model"), "--steps", "2", "-n", "4", "--out",
+                 str(out)]) == 0
+    assert main(["sample", "--model", str(tmp_path / "d" / "model"), "--steps", "3", "-n", "4", "--out",
+                 str(out)]) == 2
+    assert "distilled for 1, 2, 4 steps" in capsys.readouterr().err
+    assert main(["distill", "--model", "digits-flow", "--out", str(tmp_path / "e"), "--iters", "1"]) == 2

@@ -240,6 +240,20 @@ def cmd_reflow(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    from ..training.distill import package, progressive_distill
+
+    t0 = time.perf_counter()
+    rounds = progressive_distill(args.model, args.out, start_steps=args.start_steps, final_steps=args.final_steps,
+                                 iters=args.iters, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                 data=args.data)
+    kept = tuple(k for k in (1, 2, 4) if args.final_steps <= k < args.start_steps)
+    model = package(rounds, rounds / "model", kept)
+    print(f"distilled {args.model} in {time.perf_counter() - t0:.1f} s; rounds in {rounds}")
+    print(f"model folder (students for its step counts): {model}")
+    return 0
+
+
 def cmd_schedule(args: argparse.Namespace) -> int:
     from ..io.loader import load_model
     from ..io.schedule_file import FILE, write_schedule
@@ -531,6 +545,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder to create")
     p.add_argument("--resume", default=None, metavar="RUN", help="continue the run in this folder")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("distill", help="progressive distillation to 1-4 steps",
+                       description="Progressive distillation (Salimans & Ho 2022): v-prediction students that each "
+                                   "learn two teacher DDIM steps in one, halving the steps every round. Writes "
+                                   "OUT/round-K/ per round (rerunning resumes) and OUT/model (the 1/2/4-step "
+                                   "students in one folder).")
+    p.add_argument("--model", default="digits", help="teacher: a grid-schedule model (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--data", default="digits", help="training data for the student (default: %(default)s)")
+    p.add_argument("--start-steps", type=_positive_int, default=64, help="teacher DDIM steps (default 64)")
+    p.add_argument("--final-steps", type=_positive_int, default=1, help="steps of the last student (default 1)")
+    p.add_argument("--iters", type=_positive_int, default=1000, help="optimizer steps per round (default 1000)")
+    p.add_argument("--batch-size", type=_positive_int, default=128, help="batch size (default 128)")
+    p.add_argument("--lr", type=float, default=2e-4, help="learning rate (default 2e-4)")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed (default 0)")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("schedule", help="search a step list for a model and sampler (GITS, coordinate descent)",
                        description="Search the timesteps for an NFE budget on a calibration batch and store them as "

@@ -14,7 +14,7 @@ from ..core.errors import UsageError
 from ..core.prediction import Denoiser
 from ..core.schedule import NoiseSchedule
 
-BUILTIN_MODELS = ("digits", "digits-cond", "digits-flow")
+BUILTIN_MODELS = ("digits", "digits-cond", "digits-flow", "digits-distilled")
 #: scheduler classes whose models sample with a consistency sampler by default
 CONSISTENCY_SCHEDULERS = {"LCMScheduler": "lcm", "TCDScheduler": "tcd"}
 
@@ -47,6 +47,8 @@ class LoadedModel:
                          ) -> tuple[str, str | None, int]:
         """(sampler, spacing, steps) for a run: as given, or — with no sampler named — the model's measured best
         within a budget of `steps` network evaluations (ddim with `steps` steps when it has no table)."""
+        if "distilled" in self.info:
+            return self._distilled_student(steps, sampler, spacing)
         if sampler is not None:
             return sampler, spacing, steps
         best = self.sampling_defaults(steps)
@@ -56,6 +58,20 @@ class LoadedModel:
                 return consistency, spacing or "lcm", steps
             return "ddim", spacing, steps
         return best["sampler"], spacing or best.get("spacing"), int(best.get("steps", steps))
+
+    def _distilled_student(self, steps: int, sampler: str | None, spacing: str | None
+                           ) -> tuple[str, str | None, int]:
+        """Load the student distilled for `steps` into the network; other step counts are refused."""
+        d = self.info["distilled"]
+        table = d.get("steps", {})
+        if str(steps) not in table:
+            have = ", ".join(sorted(table, key=int))
+            raise UsageError(f"{self.name} was distilled for {have} steps, not {steps}: use --steps {have}")
+        from .checkpoint import load_state_into
+
+        load_state_into(self.denoiser.net, Path(self.info["folder"]) / table[str(steps)] /
+                        "diffusion_pytorch_model.safetensors")
+        return sampler or d.get("sampler", "ddim"), spacing or d.get("spacing"), steps
 
     def optimised(self, sampler: str | None, steps: int | None) -> tuple[str, torch.Tensor]:
         """(sampler, timesteps) of the model's stored schedule.json (`--spacing optimised`)."""
@@ -113,6 +129,8 @@ def load_model(spec: str | Path) -> LoadedModel:
         info: dict[str, Any] = {"folder": str(path)}
         if (path / "sampling.json").is_file():
             info["sampling"] = read_json(path / "sampling.json")
+        if (path / "distilled.json").is_file():
+            info["distilled"] = read_json(path / "distilled.json")
         sched_file = path / "scheduler" / "scheduler_config.json"
         if sched_file.is_file():
             info["scheduler_class"] = read_json(sched_file).get("_class_name")

@@ -1,0 +1,185 @@
+"""Progressive distillation (Salimans & Ho 2022, Alg. 2): a student learns two teacher DDIM steps in one,
+halving the step count each round (N → N/2 → … → 1).
+
+Round 0 re-parametrises the ε-teacher as a v-prediction student (v is well conditioned at every noise level;
+an ε-student cannot express x̂0 at the highest noise level, where α ≈ 0.006). Each halving round: x_t from
+data, two teacher DDIM steps t → t' → t'' on the 2N-step trailing grid, and the student's x̂0 target
+x̃ = (x_t'' − (σ_t''/σ_t) x_t) / (α_t'' − (σ_t''/σ_t) α_t), the x̂0 that one DDIM step t → t'' needs to land
+on the teacher (eq. 8), under the truncated-SNR weight max(α²/σ², 1). Each round is a folder with a diffusers
+export; an interrupted distillation resumes at the first unfinished round.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.errors import UsageError
+from ..core.prediction import affine_coefficients
+from ..io import checkpoint as ck
+from ..io.config import schedule_to_config
+from ..io.data import load as load_data
+
+
+def _coef(pred: str, abar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample (k1, k2, k3, k4) with x̂0 = k1 x + k2 out, ε̂ = k3 x + k4 out (shapes (B,))."""
+    rows = [affine_coefficients(pred, math.sqrt(a), math.sqrt(max(1 - a, 0.0))) for a in abar.tolist()]
+    return tuple(torch.tensor(c, dtype=torch.float32) for c in zip(*rows))  # type: ignore[return-value]
+
+
+def _b(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def _out(net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    o = net(x, t)
+    return o if isinstance(o, torch.Tensor) else o.sample
+
+
+def _ddim(net: torch.nn.Module, pred: str, x: torch.Tensor, t: torch.Tensor, abar_t: torch.Tensor,
+          abar_s: torch.Tensor) -> torch.Tensor:
+    """One batched DDIM (η = 0) step from per-sample levels t (ᾱ_t) to ᾱ_s (eq. 12)."""
+    k1, k2, k3, k4 = _coef(pred, abar_t)
+    out = _out(net, x, t)
+    x0 = _b(k1, x) * x + _b(k2, x) * out
+    eps = _b(k3, x) * x + _b(k4, x) * out
+    return _b(abar_s.sqrt(), x) * x0 + _b((1 - abar_s).clamp_min(0).sqrt(), x) * eps
+
+
+def _student_x0(student: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
+    v = _out(student, x, t)
+    return _b(abar_t.sqrt(), x) * x - _b((1 - abar_t).sqrt(), x) * v  # x̂0 = α x − σ v
+
+
+def progressive_distill(teacher: str | Path, out: str | Path, *, start_steps: int = 64, final_steps: int = 1,
+                        iters: int = 1000, batch_size: int = 128, lr: float = 2e-4, seed: int = 0,
+                        data: str = "digits", progress: bool = True, log: Any = print) -> Path:
+    """Distil `teacher` (an ε/x0/v model on a grid schedule) into v-prediction students for start_steps/2, …,
+    final_steps DDIM steps. Writes OUT/round-K/diffusers for every K; returns OUT."""
+    from ..io.loader import load_model
+
+    out = Path(out)
+    tden = load_model(teacher).denoiser
+    sched = tden.schedule
+    if not sched.grid or not isinstance(tden.net, torch.nn.Module):
+        raise UsageError("progressive distillation takes a trained network on a grid-time (β) schedule")
+    if tden.conditioning is not None:
+        raise UsageError("progressive distillation of conditional models is not supported")
+    if start_steps & (start_steps - 1) or final_steps & (final_steps - 1) or not 1 <= final_steps < start_steps:
+        raise UsageError("start_steps and final_steps must be powers of two with final_steps < start_steps")
+    x_data = load_data(data)
+    if tuple(x_data.shape[1:]) != tuple(tden.sample_shape or ()):
+        raise UsageError(f"data {data} has sample shape {tuple(x_data.shape[1:])}, the teacher takes "
+                         f"{tden.sample_shape}")
+    abar = torch.cat([sched.alphas_cumprod.float(), torch.ones(1)])  # index T: the data (ᾱ = 1)
+    teacher_net, teacher_pred = copy.deepcopy(tden.net).eval(), tden.prediction_type
+    teacher_net.requires_grad_(False)
+    g = torch.Generator().manual_seed(seed)
+    student = copy.deepcopy(teacher_net).train().requires_grad_(True)
+    # round 0: re-parametrise as v-prediction (student x̂0 = teacher x̂0 at every level)
+    plan: list[int | None] = [None]
+    n = start_steps
+    while n > final_steps:
+        n //= 2
+        plan.append(n)
+    for n_student in plan:
+        name = "round-v" if n_student is None else f"round-{n_student}"
+        folder = out / name
+        if (folder / "diffusers" / "unet" / "diffusion_pytorch_model.safetensors").is_file():
+            ck.load_state_into(student, folder / "diffusers" / "unet" / "diffusion_pytorch_model.safetensors")
+            teacher_net, teacher_pred = copy.deepcopy(student).eval().requires_grad_(False), "v_prediction"
+            log(f"{name}: done earlier, resuming after it")
+            continue
+        _round(student, teacher_net, teacher_pred, n_student, sched, abar, x_data, g, iters, batch_size, lr,
+               progress, name)
+        ck.export_diffusers(student, schedule_to_config(sched), folder / "diffusers",
+                            {"prediction_type": "v_prediction", "clip_sample": False, "timestep_spacing": "trailing"})
+        log(f"{name}: wrote {folder / 'diffusers'}")
+        teacher_net, teacher_pred = copy.deepcopy(student).eval().requires_grad_(False), "v_prediction"
+    return out
+
+
+def _round(student: torch.nn.Module, teacher: torch.nn.Module, teacher_pred: str, n_student: int | None,
+           sched: Any, abar: torch.Tensor, x_data: torch.Tensor, g: torch.Generator, iters: int, batch: int,
+           lr: float, progress: bool, name: str) -> None:
+    T = sched.T
+    if n_student is not None:
+        t_teacher = sched.timesteps(2 * n_student, "trailing").long()  # nests the student's trailing grid
+    opt = torch.optim.AdamW(student.parameters(), lr=lr)
+    it = range(iters)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc=name)
+    for step in it:
+        idx = torch.randint(0, len(x_data), (batch,), generator=g)
+        x0 = x_data[idx]
+        noise = torch.randn(x0.shape, generator=g)
+        if n_student is None:
+            t = torch.randint(0, T, (batch,), generator=g)
+        else:
+            k = torch.randint(0, n_student, (batch,), generator=g)
+            t = t_teacher[2 * k]
+        a_t = abar[t]
+        x_t = _b(a_t.sqrt(), x0) * x0 + _b((1 - a_t).sqrt(), x0) * noise
+        with torch.no_grad():
+            if n_student is None:
+                k1, k2, _, _ = _coef(teacher_pred, a_t)
+                target = _b(k1, x_t) * x_t + _b(k2, x_t) * _out(teacher, x_t, t)
+            else:
+                t_mid = t_teacher[2 * k + 1]
+                last = 2 * k + 2 >= len(t_teacher)
+                t_end = torch.where(last, torch.full_like(t, T), t_teacher[(2 * k + 2).clamp(max=len(t_teacher) - 1)])
+                x_mid = _ddim(teacher, teacher_pred, x_t, t, a_t, abar[t_mid])
+                x_end = _ddim(teacher, teacher_pred, x_mid, t_mid, abar[t_mid], abar[t_end])
+                a_e = abar[t_end]
+                ratio = ((1 - a_e) / (1 - a_t)).sqrt()  # σ_t''/σ_t
+                target = (x_end - _b(ratio, x_t) * x_t) / _b(a_e.sqrt() - ratio * a_t.sqrt(), x_t)
+        w = (a_t / (1 - a_t)).clamp(min=1.0)  # truncated SNR weighting
+        err = (_student_x0(student, x_t, t, a_t) - target).pow(2).flatten(1).mean(1)
+        loss = (w * err).mean()
+        for grp in opt.param_groups:
+            grp["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / iters))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        lv = float(loss.detach())
+        if not math.isfinite(lv):
+            raise FloatingPointError(f"distillation loss became {lv} in {name} at step {step}")
+        if progress and step % 20 == 0:
+            it.set_postfix(loss=f"{lv:.4f}")
+    student.eval()
+
+
+def package(rounds: str | Path, out: str | Path, steps: tuple[int, ...] = (1, 2, 4)) -> Path:
+    """One model folder from a distillation's rounds: the students for `steps` (the largest as unet/, the others
+    as students/K/), with distilled.json naming which student serves which step count."""
+    import shutil
+
+    rounds, out = Path(rounds), Path(out)
+    missing = [k for k in steps if not (rounds / f"round-{k}" / "diffusers").is_dir()]
+    if missing:
+        raise UsageError(f"{rounds} has no round for {missing} steps")
+    top = max(steps)
+    tmp = out.with_name(f".{out.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(rounds / f"round-{top}" / "diffusers", tmp)
+    table = {str(top): "unet"}
+    for k in steps:
+        if k != top:
+            (tmp / "students" / str(k)).mkdir(parents=True)
+            shutil.copy(rounds / f"round-{k}" / "diffusers" / "unet" / "diffusion_pytorch_model.safetensors",
+                        tmp / "students" / str(k) / "diffusion_pytorch_model.safetensors")
+            table[str(k)] = f"students/{k}"
+    ck.atomic_write_json(tmp / "distilled.json", {"steps": table, "sampler": "ddim", "spacing": "trailing",
+                                                  "method": "progressive distillation (v-prediction students)"})
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
