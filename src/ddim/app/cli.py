@@ -685,7 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reflowed", default=None, metavar="MODEL",
                    help="flow suite: a reflowed model (from ddim reflow) to compare at 1/2/4 NFE")
     p.add_argument("--steps-list", type=_positive_int, nargs="+", default=None,
-                   help="step counts for the quality suite (default: 10 20 50 100, plus DDPM-1000)")
+                   help="step counts for the quality suite (default: 10 20 50 100)")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -8,7 +8,8 @@ from ..core.errors import UsageError
 from ..io.checkpoint import atomic_write_bytes
 from .report import header
 
-SUITES = ("overhead", "solvers", "quality", "speed", "eta-variance", "reconstruction", "guidance", "flow")
+SUITES = ("overhead", "solvers", "quality", "speed", "eta-variance", "reconstruction", "guidance", "flow",
+          "fewstep")
 
 
 def run(suite: str, out: str | Path, *, quick: bool = False, command: str = "", device: str = "cpu",
@@ -29,6 +30,10 @@ def run(suite: str, out: str | Path, *, quick: bool = False, command: str = "", 
             return run_solvers(out, nfes=(5, 10), n=100, samplers=("ddim", "dpmpp_2m", "unipc"),
                                spacings=("trailing", "logsnr"), command=command)
         return run_solvers(out, command=command)
+    elif suite == "fewstep":
+        from .fewstep import fewstep_bench
+
+        text = fewstep_bench(out, quick, command, n=n, seeds=seeds)
     elif suite == "flow":
         from .flow import flow_bench
 

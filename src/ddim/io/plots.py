@@ -72,13 +72,13 @@ def image_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, 
 
 def curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, xlabel: str,
            ylabel: str, logx: bool = False, logy: bool = False, title: str | None = None,
-           hline: float | None = None) -> Path:
+           hline: float | None = None, hline_label: str = "floor") -> Path:
     """Line plots, one per series; `hline` draws a dashed reference level (e.g. a real-vs-real floor)."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", ms=3, label=label)
     if hline is not None:
-        ax.axhline(hline, color="k", ls="--", lw=1, label="floor")
+        ax.axhline(hline, color="k", ls="--", lw=1, label=hline_label)
     if logx:
         ax.set_xscale("log")
     if logy:
