@@ -197,3 +197,15 @@ def test_progressive_distillation_rounds_package_and_step_refusal(tmp_path, caps
                  str(out)]) == 2
     assert "distilled for 1, 2, 4 steps" in capsys.readouterr().err
     assert main(["distill", "--model", "digits-flow", "--out", str(tmp_path / "e"), "--iters", "1"]) == 2
+
+
+def test_consistency_distillation_exports_an_lcm_model(tmp_path):
+    from ddim.app.cli import main
+    from ddim.io.loader import load_model
+
+    assert main(["distill", "--method", "consistency", "--model", "digits", "--out", str(tmp_path / "c"),
+                 "--iters", "3", "--batch-size", "8"]) == 0
+    m = load_model(tmp_path / "c" / "diffusers")
+    assert m.resolve_sampling(4) == ("lcm", "lcm", 4)
+    x = sample(m.denoiser, (2, 1, 8, 8), steps=4, sampler="lcm", spacing="lcm")
+    assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()

@@ -241,9 +241,14 @@ def cmd_reflow(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from ..training.distill import package, progressive_distill
+    from ..training.distill import consistency_distill, package, progressive_distill
 
     t0 = time.perf_counter()
+    if args.method == "consistency":
+        run = consistency_distill(args.model, args.out, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
+                                  seed=args.seed, data=args.data)
+        print(f"distilled {args.model} in {time.perf_counter() - t0:.1f} s: {run / 'diffusers'}")
+        return 0
     rounds = progressive_distill(args.model, args.out, start_steps=args.start_steps, final_steps=args.final_steps,
                                  iters=args.iters, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                  data=args.data)
@@ -553,6 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "students in one folder).")
     p.add_argument("--model", default="digits", help="teacher: a grid-schedule model (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--method", default="progressive", choices=["progressive", "consistency"],
+                   help="progressive (halving rounds, default) or consistency (LCM-style consistency distillation)")
     p.add_argument("--data", default="digits", help="training data for the student (default: %(default)s)")
     p.add_argument("--start-steps", type=_positive_int, default=64, help="teacher DDIM steps (default 64)")
     p.add_argument("--final-steps", type=_positive_int, default=1, help="steps of the last student (default 1)")

@@ -183,3 +183,77 @@ def package(rounds: str | Path, out: str | Path, steps: tuple[int, ...] = (1, 2,
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+def consistency_distill(teacher: str | Path, out: str | Path, *, skip: int = 20, iters: int = 3000,
+                        batch_size: int = 128, lr: float = 1e-4, ema_decay: float = 0.95, huber_c: float = 0.03,
+                        timestep_scaling: float = 10.0, seed: int = 0, data: str = "digits", progress: bool = True,
+                        log: Any = print) -> Path:
+    """Consistency distillation (Song et al. 2023, Alg. 2) in LCM's parametrisation: f(x, t) = c_skip(t) x +
+    c_out(t) x̂0_θ(x, t) on the skip grid t_n = skip·n − 1, target f_θ⁻(x̂_{t_n}, t_n) with x̂_{t_n} one teacher
+    DDIM step from x_{t_{n+1}}, the pseudo-Huber distance of iCT (Song & Dhariwal 2023) and an EMA target
+    network θ⁻. Exports OUT/diffusers with an LCMScheduler config, so the `lcm` sampler is its default."""
+    from ..core.samplers.consistency import SIGMA_DATA
+    from ..io.loader import load_model
+
+    out = Path(out)
+    tden = load_model(teacher).denoiser
+    sched = tden.schedule
+    if not sched.grid or not isinstance(tden.net, torch.nn.Module) or tden.conditioning is not None:
+        raise UsageError("consistency distillation takes an unconditional network on a grid-time (β) schedule")
+    x_data = load_data(data)
+    if tuple(x_data.shape[1:]) != tuple(tden.sample_shape or ()):
+        raise UsageError(f"data {data} has sample shape {tuple(x_data.shape[1:])}, the teacher takes "
+                         f"{tden.sample_shape}")
+    T = sched.T
+    grid = torch.arange(1, T // skip + 1) * skip - 1  # LCM's skip grid: 19, 39, …, 999
+    abar = sched.alphas_cumprod.float()
+    pred = tden.prediction_type
+    teacher = copy.deepcopy(tden.net).eval().requires_grad_(False)
+    student = copy.deepcopy(tden.net).train().requires_grad_(True)
+    target_net = copy.deepcopy(tden.net).eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(student.parameters(), lr=lr)
+
+    def f(net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        k1, k2, _, _ = _coef(pred, abar[t])
+        x0 = _b(k1, x) * x + _b(k2, x) * _out(net, x, t)
+        st = t.float() * timestep_scaling
+        c_skip = SIGMA_DATA**2 / (st**2 + SIGMA_DATA**2)
+        c_out = st / (st**2 + SIGMA_DATA**2).sqrt()
+        return _b(c_skip, x) * x + _b(c_out, x) * x0
+
+    it = range(iters)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="consistency distillation")
+    params, tparams = list(student.parameters()), list(target_net.parameters())
+    for step in it:
+        idx = torch.randint(0, len(x_data), (batch_size,), generator=g)
+        x0 = x_data[idx]
+        noise = torch.randn(x0.shape, generator=g)
+        n = torch.randint(1, len(grid), (batch_size,), generator=g)
+        t_hi, t_lo = grid[n], grid[n - 1]
+        x_hi = _b(abar[t_hi].sqrt(), x0) * x0 + _b((1 - abar[t_hi]).sqrt(), x0) * noise
+        with torch.no_grad():
+            x_lo = _ddim(teacher, pred, x_hi, t_hi, abar[t_hi], abar[t_lo])
+            y = f(target_net, x_lo, t_lo)
+        d = (f(student, x_hi, t_hi) - y).flatten(1)
+        loss = ((d.pow(2).sum(1) + huber_c**2).sqrt() - huber_c).mean()  # pseudo-Huber (iCT)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(tparams, [p.detach() for p in params], 1 - ema_decay)
+        lv = float(loss.detach())
+        if not math.isfinite(lv):
+            raise FloatingPointError(f"consistency distillation loss became {lv} at step {step}")
+        if progress and step % 20 == 0:
+            it.set_postfix(loss=f"{lv:.4f}")
+    cfg = {**schedule_to_config(sched), "_class_name": "LCMScheduler", "original_inference_steps": T // skip,
+           "timestep_scaling": timestep_scaling}
+    ck.export_diffusers(student.eval(), cfg, out / "diffusers", {"prediction_type": pred, "clip_sample": False})
+    log(f"wrote {out / 'diffusers'} (LCMScheduler: sample with --sampler lcm --spacing lcm, 1–8 steps)")
+    return out
