@@ -38,7 +38,7 @@ class Cell:
 def cells(quick: bool) -> list[Cell]:
     if quick:
         return [Cell("cfg", w, 5) for w in (0.0, 3.0)] + [Cell("apg", 3.0, 5)]
-    out = [Cell("cfg", w, s) for s in (5, 10, 25) for w in (0.0, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0)]
+    out = [Cell("cfg", w, s) for s in (5, 10, 25) for w in (0.0, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 8.0)]
     out += [Cell(r, w, 5) for r in ("cfg+rescale", "interval", "apg") for w in (2.0, 3.0, 5.0, 8.0)]
     return out
 
@@ -85,7 +85,9 @@ def guidance_bench(out: Path, quick: bool, command: str, n: int | None = None, s
              "classifier assigns to the asked class. Class-balanced FD against all real digits (real-vs-real floor "
              f"{judge.floor_balanced:.2f}); spread: lowest–highest FD of single seed sets. NFE counts both CFG "
              "branches (w = 1 and the guidance interval's outside steps run one). Rescale φ = 0.7; interval: guidance "
-             "only for σ/α in (0.28, 5.42]; APG: η = 0, β = −0.5.", "",
+             "only for σ/α in (0.28, 5.42]; APG: η = 0, β = −0.5. For scale: the classifier assigns "
+             f"{100 * judge.real_accuracy[1]:.1f} % of its held-out real digits (and "
+             f"{100 * judge.real_accuracy[0]:.1f} % of all real digits) to their labels.", "",
              "Unconditional `digits` model at the same NFE: "
              + ", ".join(f"NFE {k}: FD {v['fd_bal']:.2f}" for k, v in base.items()), "",
              "| rule | w | steps | NFE | class accuracy | class-balanced FD | seed spread | FD, uncond. model at NFE |",
