@@ -201,3 +201,27 @@ def test_cli_invert_and_edit_real_images_with_prompts(sd, tmp_path):
     assert main(["edit", "--model", str(sd), "--input", str(imgs), "--prompt", "a cat", "--to-prompt", "a dog",
                  "--strength", "0.5", "--steps", "4", "--inversion", "negative", "--out", str(tmp_path / "e.png")]) == 0
     assert (tmp_path / "e.png").is_file()
+
+
+@pytest.mark.parametrize("sampler,scheduler", [("ddim", "DDIMScheduler"), ("dpmpp_2m", "DPMSolverMultistepScheduler")])
+def test_zero_terminal_snr_v_prediction_folder_matches_the_pipeline(tmp_path, sampler, scheduler):
+    """SD 2.x-style: v-prediction with rescale_betas_zero_snr (ᾱ_T = 0), trailing spacing. diffusers' DPM-Solver
+    replaces ᾱ_T = 0 by 2⁻²⁴ (so λ_T is finite and its second step is second order); ours steps from the exact
+    α = 0 (the first step is the exact exponential integrator, the second first order), so 2M differs by ~1e-3."""
+    import diffusers
+
+    from ddim.io.loader import load_model
+    from ddim.io.text2image import random_folder
+    from ddim.ops.text_to_image import text_to_image
+
+    folder = random_folder(tmp_path / "sd", prediction_type="v_prediction", rescale_betas_zero_snr=True)
+    pipe = _pipe(folder, getattr(diffusers, scheduler))
+    x = _latents()
+    with torch.no_grad():
+        theirs = pipe(["a cat", "a dog"], num_inference_steps=8, guidance_scale=5.0, latents=x.clone(),
+                      output_type="latent").images
+    lp = load_model(folder).info["pipeline"]
+    assert lp.denoiser.schedule.alpha_bar(999) == 0.0
+    _, ours = text_to_image(lp, ["a cat", "a dog"], guidance=5.0, steps=8, sampler=sampler, latents=x,
+                            return_latents=True)
+    assert _rel(ours, theirs) <= (1e-4 if sampler == "ddim" else 2e-3)
