@@ -93,6 +93,7 @@ def flow_bench(out: Path, quick: bool, command: str, n: int | None = None, seeds
     if reflowed is not None:
         lines += _reflow_section(models["flow (digits-flow)"], load_model(reflowed).denoiser, judge, n, seeds,
                                  reflowed, series)
+    lines += flow_inversion_section(quick)
     fig = plots.curves(series, out / "eps_vs_flow.png", "NFE", "class-balanced FD", logx=True, logy=True,
                        title="digits: best sampler per NFE (floor dashed)", hline=judge.floor_balanced)
     lines.append(f"\n![FD against NFE]({fig.name})")
@@ -120,4 +121,23 @@ def _reflow_section(before: Any, after: Any, judge: Any, n: int, seeds: int, pat
         sp = {k: [c["fd_bal"] for c in v["seeds"]] for k, v in res.items()}
         spread = " | ".join(f"{min(sp[k]):.2f}–{max(sp[k]):.2f}" for k in ("before", "after"))
         lines.append(f"| {nfe} | {res['before']['fd_bal']:.2f} | {res['after']['fd_bal']:.2f} | {spread} |")
+    return lines
+
+
+def flow_inversion_section(quick: bool) -> list[str]:
+    """Inversion of the flow model: naive Euler inversion against refined (fixed-point) inversion, real digits."""
+    from ..io.data import digits
+    from ..io.loader import load_model
+    from ..ops.inversion import reconstruction_table
+
+    den = load_model("digits-flow").denoiser
+    x0 = digits()[0][: 16 if quick else 256]
+    with torch.no_grad():
+        rows = reconstruction_table(den, x0, (10, 20) if quick else (10, 20, 50, 100), refine=3)
+    lines = ["", f"### Inverting the flow model (`digits-flow`, {len(x0)} real digits, flow σ list)", "",
+             "Naive: the Euler step inverted with the velocity at the known point (flow-matching editors' default); "
+             "refined: 3 fixed-point iterations per step. Per-dimension MSE of decode(encode(x0)).", "",
+             "| steps | MSE naive | MSE refined | NFE naive | NFE refined |", "|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r.steps} | {r.mse_naive:.3e} | {r.mse_refined:.3e} | {r.nfe_naive} | {r.nfe_refined} |")
     return lines
