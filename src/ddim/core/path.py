@@ -224,22 +224,33 @@ class ContinuousPath(NoisePath):
         lo = self.t_min if self.t_min > 0 else self.t_max / n
         if n == 1:
             return torch.tensor([self.t_max], dtype=torch.float64)
-        if spacing == "uniform":
-            ts = np.linspace(self.t_max, lo, n)
-        elif spacing == "logsnr":
-            ts = np.array([self.t_at_lambda(v) for v in np.linspace(self.lam(self.t_max), self.lam(lo), n)])
-        elif spacing == "karras":
-            smax, smin = (1.0 / math.exp(self.lam(t)) for t in (self.t_max, lo))
-            ramp = np.linspace(0, 1, n)
-            rho = 7.0
-            s = (smax ** (1 / rho) + ramp * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
-            ts = np.array([self.t_at_lambda(-math.log(v)) for v in s])
-        else:
+        if spacing not in ("uniform", "logsnr", "karras"):
             raise UsageError(f"unknown spacing {spacing!r} for a continuous path; choose one of "
                              f"{', '.join(CONTINUOUS_SPACINGS)}")
+        if spacing != "uniform" and math.isinf(self.lam(self.t_max)):
+            # pure noise (α = 0, a flow path's t = 1) has no finite λ: it stays the first level, and the others
+            # are spaced from the next uniform level down
+            hi = self.t_max - (self.t_max - lo) / (n - 1)
+            ts = np.concatenate([[self.t_max], self._spaced(n - 1, spacing, hi, lo)])
+        else:
+            ts = self._spaced(n, spacing, self.t_max, lo)
         ts = np.clip(ts, lo, self.t_max)  # λ → t round trips may step a hair outside the range
         ts[0] = self.t_max
         return self.validate_timesteps(ts)
+
+    def _spaced(self, n: int, spacing: str, hi: float, lo: float) -> np.ndarray:
+        """n levels from hi down to lo: uniform in t, uniform in λ, or Karras' ρ = 7 in σ/α."""
+        if n == 1:
+            return np.array([hi])
+        if spacing == "uniform":
+            return np.linspace(hi, lo, n)
+        if spacing == "logsnr":
+            return np.array([self.t_at_lambda(v) for v in np.linspace(self.lam(hi), self.lam(lo), n)])
+        smax, smin = (1.0 / math.exp(self.lam(t)) for t in (hi, lo))
+        ramp = np.linspace(0, 1, n)
+        rho = 7.0
+        s = (smax ** (1 / rho) + ramp * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
+        return np.array([self.t_at_lambda(-math.log(v)) for v in s])
 
     def validate_timesteps(self, timesteps: Sequence[float] | torch.Tensor | np.ndarray) -> torch.Tensor:
         """A non-empty, strictly decreasing float64 list inside [t_min, t_max] (exclusive of the final level)."""
