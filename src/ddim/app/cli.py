@@ -688,7 +688,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed sets pooled per cell for the quality suites (default 3)")
     p.add_argument("--model", default=None, metavar="FOLDER",
                    help="speed / reconstruction suites: a Stable-Diffusion-format folder (speed: beside diffusers' "
-                        "pipeline; reconstruction: prompt-conditioned inversion under guidance 1 / 3 / 7.5)")
+                        "pipeline; reconstruction: prompt-conditioned inversion under guidance 1 / 3 / 7.5); "
+                        "fewstep: a consistency-distilled model to add")
     p.add_argument("--reflowed", default=None, metavar="MODEL",
                    help="flow suite: a reflowed model (from ddim reflow) to compare at 1/2/4 NFE")
     p.add_argument("--steps-list", type=_positive_int, nargs="+", default=None,

@@ -25,7 +25,10 @@ def _draw(den: Any, n: int, seeds: int, **kw: Any) -> list[torch.Tensor]:
                 for k in range(seeds)]
 
 
-def fewstep_bench(out: Path, quick: bool, command: str, n: int | None = None, seeds: int = 3) -> str:
+def fewstep_bench(out: Path, quick: bool, command: str, n: int | None = None, seeds: int = 3,
+                  consistency: str | None = None) -> str:
+    """The few-step table; `consistency` adds a consistency-distilled model (`ddim distill --method consistency`)
+    sampled with its LCM sampler."""
     from tqdm.auto import tqdm
 
     from ..io.loader import load_model
@@ -60,6 +63,11 @@ def fewstep_bench(out: Path, quick: bool, command: str, n: int | None = None, se
             dist.resolve_sampling(k)
             add("progressive-distilled", k, _draw(dist.denoiser, n, seeds, steps=k, spacing="trailing"),
                 "v-prediction student, DDIM")
+        if consistency is not None:
+            cd = load_model(consistency).denoiser
+            for k in (1, 2, 4, 8):
+                add("consistency-distilled", k, _draw(cd, n, seeds, steps=k, sampler="lcm", spacing="lcm"),
+                    "LCM sampler, lcm spacing")
         ddpm_steps = 50 if quick else 1000
         add(f"DDPM-{ddpm_steps}", ddpm_steps,
             _draw(base, n, seeds, steps=ddpm_steps, sampler="ddpm", spacing="trailing"), "ancestral, σ² = β̃")
@@ -70,7 +78,8 @@ def fewstep_bench(out: Path, quick: bool, command: str, n: int | None = None, se
              f"{judge.floor_balanced:.2f} (FD {judge.floor:.2f}). Samplers: the spacing is chosen per NFE on a "
              f"calibration seed set ({n_cal} samples, seeds 9·10⁶ + i) among {', '.join(SPACINGS)}. GITS: schedule "
              "searched on its own calibration batch (ODE error against the fine reference, not FD). Distilled: "
-             "`digits-distilled`, one student per step count.", "",
+             "`digits-distilled`, one student per step count"
+             + (f"; consistency-distilled: `{consistency}`." if consistency else "."), "",
              "| method | NFE | class-balanced FD ↓ | × DDPM-1000 | FD ↓ | seed spread | spacing / schedule |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
