@@ -209,3 +209,13 @@ def test_consistency_distillation_exports_an_lcm_model(tmp_path):
     assert m.resolve_sampling(4) == ("lcm", "lcm", 4)
     x = sample(m.denoiser, (2, 1, 8, 8), steps=4, sampler="lcm", spacing="lcm")
     assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
+
+
+def test_shipped_distilled_model_samples_at_its_step_counts():
+    from ddim.io.loader import load_model
+
+    m = load_model("digits-distilled")
+    for k in (1, 2, 4):
+        sampler, spacing, steps = m.resolve_sampling(k)
+        x = sample(m.denoiser, (4, 1, 8, 8), steps=steps, sampler=sampler, spacing=spacing)
+        assert torch.isfinite(x).all() and float(x.abs().max()) < 3

@@ -93,7 +93,8 @@ def test_pf_ode_likelihood_matches_true_density():
     assert abs(float(hutch.mean() - true.mean())) < 0.1  # unbiased: the mean is close, single values noisy
 
 
-@pytest.mark.parametrize("suite", ["quality", "speed", "eta-variance", "reconstruction", "guidance"])
+@pytest.mark.parametrize("suite", ["quality", "speed", "eta-variance", "reconstruction", "guidance", "flow",
+                                   "fewstep"])
 def test_bench_quick_modes_write_reports(tmp_path, suite):
     from ddim.bench.suites import run as run_suite
 
