@@ -1,6 +1,6 @@
 """`ddim bench fewstep`: class-balanced FD at 1 / 2 / 4 / 8 / 10 / 20 NFE on digits for ODE samplers (spacing
 chosen per NFE on a calibration seed set), GITS-searched schedules, the progressive-distilled model, and
-DDPM-1000 with the real-vs-real floor — pooled over seed sets, one figure."""
+DDPM-1000 and the floor — pooled over seed sets, one figure."""
 
 from __future__ import annotations
 
@@ -74,8 +74,8 @@ def fewstep_bench(out: Path, quick: bool, command: str, n: int | None = None, se
     ref = rows[-1]["fd_bal"]
     lines = [header("Few-step sampling on digits", command),
              f"Class-balanced FD (and plain FD) in the shipped classifier's features, {n * seeds} samples per cell "
-             f"pooled over {seeds} seed sets of {n}; spread: lowest–highest single seed set; real-vs-real floor "
-             f"{judge.floor_balanced:.2f} (FD {judge.floor:.2f}). Samplers: the spacing is chosen per NFE on a "
+             f"pooled over {seeds} seed sets of {n}; spread: lowest–highest single seed set. "
+             f"{judge.floor_text(n * seeds)} Samplers: the spacing is chosen per NFE on a "
              f"calibration seed set ({n_cal} samples, seeds 9·10⁶ + i) among {', '.join(SPACINGS)}. GITS: schedule "
              "searched on its own calibration batch (ODE error against the fine reference, not FD). Distilled: "
              "`digits-distilled`, one student per step count"

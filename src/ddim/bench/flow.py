@@ -75,7 +75,7 @@ def flow_bench(out: Path, quick: bool, command: str, n: int | None = None, seeds
              f"calibration seed set ({n_cal} samples, seeds 9·10⁶ + i) among {', '.join(SAMPLER_CANDIDATES)} × "
              "the model's spacings, then reported on "
              f"{seeds} other seed sets of {n} (pooled {n * seeds}). Class-balanced FD in the shipped classifier's "
-             f"features; real-vs-real floor {judge.floor_balanced:.2f}; spread: lowest–highest single seed set.", "",
+             f"features; {judge.floor_text(n * seeds)} Spread: lowest–highest single seed set.", "",
              "| model | NFE | sampler | spacing | steps | class-balanced FD ↓ | seed spread | calibration FD |",
              "|---|---:|---|---|---:|---:|---:|---:|"]
     for r in rows:
@@ -95,7 +95,7 @@ def flow_bench(out: Path, quick: bool, command: str, n: int | None = None, seeds
                                  reflowed, series)
     lines += flow_inversion_section(quick)
     fig = plots.curves(series, out / "eps_vs_flow.png", "NFE", "class-balanced FD", logx=True, logy=True,
-                       title="digits: best sampler per NFE (floor dashed)", hline=judge.floor_balanced)
+                       title="digits: best sampler per NFE (floor dashed)", hline=judge.floor(n * seeds)[1])
     lines.append(f"\n![FD against NFE]({fig.name})")
     atomic_write_bytes(out / "sampling_defaults.json", (json.dumps(defaults, indent=2) + "\n").encode())
     lines.append(f"\nPer-model winners (NFE → sampler, spacing, steps) written to {out / 'sampling_defaults.json'}; "

@@ -82,8 +82,8 @@ def guidance_bench(out: Path, quick: bool, command: str, n: int | None = None, s
              f"Shipped `digits-cond` (same network and training budget as `digits`, label dropout 0.1), sampler "
              f"{SAMPLER} with {SPACING} spacing; {n * seeds} samples per cell pooled over {seeds} seed sets of {n} "
              "(classes cycled 0…9, so every class is asked equally). Accuracy: share of samples the shipped "
-             "classifier assigns to the asked class. Class-balanced FD against all real digits (real-vs-real floor "
-             f"{judge.floor_balanced:.2f}); spread: lowest–highest FD of single seed sets. NFE counts both CFG "
+             "classifier assigns to the asked class. Class-balanced FD against all real digits. "
+             f"{judge.floor_text(n * seeds)} Spread: lowest–highest FD of single seed sets. NFE counts both CFG "
              "branches (w = 1 and the guidance interval's outside steps run one). Rescale φ = 0.7; interval: guidance "
              "only for σ/α in (0.28, 5.42]; APG: η = 0, β = −0.5. For scale: the classifier assigns "
              f"{100 * judge.real_accuracy[1]:.1f} % of its held-out real digits (and "
@@ -107,7 +107,7 @@ def guidance_bench(out: Path, quick: bool, command: str, n: int | None = None, s
                       "not met") + f". Lowest FD at ≥ 99 % accuracy within 10 NFE: {best['cell'].rule} "
                    f"w={best['cell'].scale:g} ({100 * best['acc']:.1f} %, FD {best['fd_bal']:.2f}).")
         lines += ["", verdict]
-    fig = _tradeoff_figure(rows, judge.floor_balanced, out / "guidance_tradeoff.png")
+    fig = _tradeoff_figure(rows, judge.floor(n * seeds)[1], out / "guidance_tradeoff.png")
     lines.append(f"\n![accuracy against FD]({fig.name})")
     return "\n".join(lines)
 
@@ -125,7 +125,7 @@ def _tradeoff_figure(rows: list[dict[str, Any]], floor: float, path: Path) -> Pa
         for r in rs:
             ax.annotate(f"{r['cell'].scale:g}", (r["fd_bal"], 100 * r["acc"]), fontsize=6, xytext=(2, 2),
                         textcoords="offset points")
-    ax.axvline(floor, color="k", ls="--", lw=1, label="real vs real floor")
+    ax.axvline(floor, color="k", ls="--", lw=1, label="floor (real digits resampled)")
     ax.axhline(99, color="grey", ls=":", lw=1)
     ax.set_xscale("log")
     ax.set_xlabel("class-balanced FD (pooled) ↓")

@@ -62,7 +62,7 @@ SEED_STRIDE = 10**6  # seed set k draws samples with seeds k·10⁶ + (0 … n-1
 def quality(out: Path, quick: bool, command: str, n: int | None = None,
             steps_list: list[int] | None = None, seeds: int = 3) -> str:
     """FD of the shipped digits model per (steps, η), pooled over `seeds` seed sets of n samples each, with
-    the spread across seed sets and the real-vs-real floor; mog3 log-likelihood gap and sliced W2 beside."""
+    the spread across seed sets and the floor; mog3 log-likelihood gap and sliced W2 beside."""
     from tqdm.auto import tqdm
 
     from ..io.loader import load_model
@@ -96,9 +96,8 @@ def quality(out: Path, quick: bool, command: str, n: int | None = None,
              f"(seeds k·10⁶ + 0…{n - 1}). Fréchet distance in the 64-d feature space of the shipped classifier "
              f"against all {len(judge.x_real)} real digits; class-balanced FD weights each sample by 1/count of "
              "its predicted class. Spread: the lowest and highest FD of the single seed sets (each set alone has "
-             f"fewer samples, so its FD sits above the pooled one). Real-vs-real floor (two random halves of the "
-             f"real digits): FD {judge.floor:.2f}, class-balanced {judge.floor_balanced:.2f} — differences below "
-             "it are not resolved by the real data. Coverage: total-variation distance of the predicted-class "
+             f"fewer samples, so its FD sits above the pooled one). {judge.floor_text(pooled)} "
+             "Coverage: total-variation distance of the predicted-class "
              "histogram to uniform. σ̂: DDPM's ancestral step with σ² = β on the same sub-sequence.", "",
              "| S | sampler | FD ↓ | class-balanced FD ↓ | seed spread (bal.) | coverage TV ↓ | min class share "
              "| mog3 log-lik gap | mog3 sliced W2 ↓ | digits time (s) |",
@@ -112,7 +111,7 @@ def quality(out: Path, quick: bool, command: str, n: int | None = None,
     best = min(s10, key=s10.get)
     lines += ["", f"At S = {steps_list[0]}: class-balanced FD "
               + ", ".join(f"{_eta_label(e)} {v:.2f}" for e, v in s10.items()) + f" — lowest: {_eta_label(best)}."]
-    fig = _fd_figure(rows, etas, judge.floor_balanced, out / "quality_fd.png")
+    fig = _fd_figure(rows, etas, judge.floor(pooled)[1], out / "quality_fd.png")
     lines.append(f"\n![FD against steps]({fig.name})")
     return "\n".join(lines)
 
@@ -130,7 +129,7 @@ def _fd_figure(rows: list[dict[str, Any]], etas: list[Any], floor: float, path: 
         hi = [max(c["fd_bal"] for c in r["seeds"]) - y for y, r in zip(ys, rs)]
         ax.errorbar(xs, ys, yerr=[[max(v, 0) for v in lo], [max(v, 0) for v in hi]], marker="o", ms=3, capsize=2,
                     label=_eta_label(eta))
-    ax.axhline(floor, color="k", ls="--", lw=1, label="real vs real floor")
+    ax.axhline(floor, color="k", ls="--", lw=1, label="floor (real digits resampled)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("steps S")
