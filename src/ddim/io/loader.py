@@ -35,13 +35,18 @@ class LoadedModel:
         return self
 
     def sampling_defaults(self, nfe: int) -> dict[str, Any]:
-        """The measured best sampler, spacing and steps within an NFE budget (the model folder's sampling.json,
-        from `ddim bench flow` / `fewstep`); {} when the model has none."""
+        """The measured best sampler and spacing for a budget of `nfe` network evaluations (the model folder's
+        sampling.json, from `ddim bench flow`): the winner at the largest measured NFE within the budget, run
+        with as many steps as the budget allows; {} when the model has none."""
         table = self.info.get("sampling", {}).get("nfe", {})
         fits = [int(k) for k in table if int(k) <= nfe]
         if not fits:
             return {}
-        return dict(table[str(max(fits))])
+        best = dict(table[str(max(fits))])
+        from ..core.samplers import get_sampler
+
+        best["steps"] = get_sampler(best["sampler"]).steps_for_nfe(nfe)
+        return best
 
     def resolve_sampling(self, steps: int, sampler: str | None = None, spacing: str | None = None
                          ) -> tuple[str, str | None, int]:
