@@ -79,7 +79,7 @@ def test_diffusers_dpmpp_3m_is_only_second_order(uniform_lambda):
 def test_nfe_accounting(uniform_lambda):
     den, x_T, _ = uniform_lambda
     expected = {"ddim": 10, "ddpm": 10, "heun": 19, "dpmpp_2m": 10, "dpmpp_3m": 10, "dpmpp_2s": 19, "unipc": 10,
-                "pndm": 11, "rk4": 37, "midpoint": 19}
+                "pndm": 11, "rk4": 37, "midpoint": 19, "dpmpp_2m_sde": 10, "dpmpp_sde": 10, "lcm": 10, "tcd": 10}
     for name, nfe in expected.items():
         _, stats = sample(den, x_T=x_T[:4], steps=10, sampler=name, return_stats=True)
         assert stats.nfe == nfe == SAMPLERS[name].nfe(10), name

@@ -35,9 +35,14 @@ class NoisePath(ABC):
 
     #: True for integer grid time (t indexes a table), False for continuous time
     grid: bool = True
-    #: (α, σ) of the level after the last step for DDIM-type steps (diffusers' `set_alpha_to_one=False` puts it
-    #: at ᾱ_0, as DDIMScheduler and PNDMScheduler do); the other solvers always end on the data (σ = 0)
+    #: (α, σ) of the level after the last step (the data end unless a schedule says otherwise)
     final: tuple[float, float] = (1.0, 0.0)
+
+    @property
+    def ddim_final(self) -> tuple[float, float]:
+        """The last level for DDIM-type steps: diffusers' `set_alpha_to_one=False` puts it at ᾱ_0 for DDIM and
+        PNDM only (their other schedulers end on the data)."""
+        return self.final
     #: ODE variables of the ε-form solvers (heun, midpoint, pndm, rk4): y = x/c, s = σ/c with c = α (EDM's
     #: variables, dy/ds = ε̂) or, when True, c = α + σ (flow variables: y = x, s = σ on the flow path,
     #: dy/ds = ε̂ − x̂0, finite at pure noise α = 0)
@@ -81,7 +86,7 @@ class Levels:
 
     def __init__(self, path: NoisePath, timesteps: torch.Tensor, ddim_final: bool = False) -> None:
         self.t: list = timesteps.tolist()
-        pairs = [path.alpha_sigma(t) for t in self.t] + [path.final if ddim_final else (1.0, 0.0)]
+        pairs = [path.alpha_sigma(t) for t in self.t] + [path.ddim_final if ddim_final else path.final]
         self.alpha = [a for a, _ in pairs]
         self.sigma = [s for _, s in pairs]
         self.lam = [lam_of(a, s) for a, s in pairs]

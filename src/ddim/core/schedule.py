@@ -77,6 +77,8 @@ class NoiseSchedule(NoisePath):
         self.final_alpha_cumprod: float = float(final_alpha_cumprod)
         #: LCM/TCD configs: the distillation grid the `lcm` spacing takes its steps from
         self.original_inference_steps = 50
+        #: diffusers' set_alpha_to_one: False ends DDIM-type steps at ᾱ_0 (`ddim_final`), not on the data
+        self.set_alpha_to_one = True
         self.steps_offset: int = int(steps_offset)
         self.spacing: str = spacing
         self.description: str = description
@@ -164,6 +166,13 @@ class NoiseSchedule(NoisePath):
     @property
     def final(self) -> tuple[float, float]:  # type: ignore[override]
         a = self.final_alpha_cumprod
+        return math.sqrt(a), math.sqrt(max(1.0 - a, 0.0))
+
+    @property
+    def ddim_final(self) -> tuple[float, float]:
+        if self.set_alpha_to_one:
+            return self.final
+        a = self.alpha_bar(0)
         return math.sqrt(a), math.sqrt(max(1.0 - a, 0.0))
 
     def time_input(self, t: float, batch: int, device: torch.device) -> torch.Tensor:

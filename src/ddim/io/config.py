@@ -172,8 +172,7 @@ def schedule_from_config(config: dict[str, Any] | str | Path) -> NoisePath:
             raise UsageError(f"unsupported beta_schedule {kind!r} (linear, scaled_linear, squaredcos_cap_v2)")
     except UsageError as e:
         raise UsageError(f"{where}: {e}") from None
-    if not c["set_alpha_to_one"]:
-        sched.final_alpha_cumprod = sched.alpha_bar(0)
+    sched.set_alpha_to_one = c["set_alpha_to_one"]
     orig = raw.get("original_inference_steps", 50)
     if isinstance(orig, bool) or not isinstance(orig, int) or not 1 <= orig <= T:
         raise UsageError(f"{where}: original_inference_steps must be an integer in 1..{T}, got {orig!r}")
@@ -194,7 +193,7 @@ def schedule_to_config(sched: NoisePath) -> dict[str, Any]:
     if "beta_schedule" not in cfg and "trained_betas" not in cfg:
         cfg["trained_betas"] = sched.betas.tolist()
     cfg["num_train_timesteps"] = sched.T
-    cfg["set_alpha_to_one"] = sched.final_alpha_cumprod == 1.0
+    cfg["set_alpha_to_one"] = sched.set_alpha_to_one and sched.final_alpha_cumprod == 1.0
     cfg["steps_offset"] = sched.steps_offset
     cfg["timestep_spacing"] = sched.spacing if sched.spacing in ("leading", "trailing", "linspace") else "trailing"
     return cfg

@@ -171,7 +171,7 @@ def cached_plan(den: Denoiser, key: tuple, build: Callable[[], Any]) -> Any:
     options that enter folded coefficients), so sampling many batches pays the float64 work once."""
     path = den.schedule
     per = _PLANS.setdefault(path, {})
-    full = (getattr(path, "final", None), den.prediction_type, den.is_affine, *key)
+    full = (getattr(path, "final", None), getattr(path, "ddim_final", None), den.prediction_type, den.is_affine, *key)
     plan = per.get(full)
     if plan is None:
         if len(per) > 64:
