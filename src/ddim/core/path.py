@@ -147,8 +147,12 @@ class FlowShift:
         if not self.dynamic:
             train = self.shift * train / (1 + (self.shift - 1) * train)
         s_max, s_min = train[0].item(), train[-1].item()
-        sig = np.linspace(s_max * N, s_min * N, n) / N
-        sig = self._shifted(sig, self.mu if mu is None else mu)
+        return self.shift_list(np.linspace(s_max * N, s_min * N, n) / N, mu)
+
+    def shift_list(self, sig: np.ndarray, mu: float | None = None) -> np.ndarray:
+        """The shift (static, or dynamic with μ) and the shift_terminal stretch applied to a σ list, rounded to
+        float32 as diffusers stores it (returned as float64)."""
+        sig = self._shifted(np.asarray(sig, dtype=np.float64), self.mu if mu is None else mu)
         if self.shift_terminal and sig[-1] < 1:  # (diffusers divides by zero for a one-step list: NaN)
             one_minus = 1 - sig
             sig = 1 - one_minus / (one_minus[-1] / (1 - self.shift_terminal))

@@ -248,11 +248,7 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin, ConfigMixin):
         if fs.dynamic and mu is None:
             raise UsageError("mu must be passed when use_dynamic_shifting is set")
         if sigmas is not None:
-            sig = fs._shifted(np.asarray(sigmas, dtype=np.float32).astype(np.float64), mu)
-            if fs.shift_terminal and sig[-1] < 1:
-                one_minus = 1 - sig
-                sig = 1 - one_minus / (one_minus[-1] / (1 - fs.shift_terminal))
-            sig = torch.from_numpy(np.asarray(sig)).float().double()
+            sig = torch.from_numpy(fs.shift_list(np.asarray(sigmas, dtype=np.float32), mu))
         elif timesteps is not None:
             raise UsageError("pass sigmas= (timesteps= alone gives inconsistent σ in diffusers' scheduler)")
         else:

@@ -61,12 +61,7 @@ def optimize_timesteps(denoiser: Denoiser, nfe: int, sampler: str = "dpmpp_2m", 
     denoiser = bind(denoiser, condition, guidance, uncond)
     sched = denoiser.schedule
     steps = get_sampler(sampler).steps_for_nfe(nfe)
-    if x_cal is None:
-        shape = sample_shape or denoiser.sample_shape
-        if shape is None:
-            raise UsageError("give x_cal or sample_shape")
-        x_cal = SeededNoise(range(10**6, 10**6 + n_cal), shape, dtype=torch.float64 if _is64(denoiser) else
-                            torch.float32).initial()
+    x_cal = calibration_batch(denoiser, x_cal, n_cal, sample_shape)
     ref = reference if reference is not None else reference_solution(denoiser, x_cal)
     evals = 0
 
@@ -126,6 +121,18 @@ def optimize_timesteps(denoiser: Denoiser, nfe: int, sampler: str = "dpmpp_2m", 
                              history)
 
 
+def calibration_batch(denoiser: Denoiser, x_cal: torch.Tensor | None, n_cal: int,
+                      sample_shape: Sequence[int] | None) -> torch.Tensor:
+    """The given calibration x_T, or n_cal per-sample seeded ones (seeds 10⁶ + i) in the network's precision."""
+    if x_cal is not None:
+        return x_cal
+    shape = sample_shape or denoiser.sample_shape
+    if shape is None:
+        raise UsageError("give x_cal or sample_shape")
+    return SeededNoise(range(10**6, 10**6 + n_cal), shape, dtype=torch.float64 if _is64(denoiser) else
+                       torch.float32).initial()
+
+
 def _is64(denoiser: Denoiser) -> bool:
     params = getattr(denoiser.net, "parameters", None)
     if callable(params):
@@ -145,12 +152,7 @@ def gits_timesteps(denoiser: Denoiser, nfe: int, sampler: str = "dpmpp_2m", x_ca
     denoiser = bind(denoiser, condition, guidance, uncond)
     path = denoiser.schedule
     steps = get_sampler(sampler).steps_for_nfe(nfe)
-    if x_cal is None:
-        shape = sample_shape or denoiser.sample_shape
-        if shape is None:
-            raise UsageError("give x_cal or sample_shape")
-        x_cal = SeededNoise(range(10**6, 10**6 + n_cal), shape, dtype=torch.float64 if _is64(denoiser) else
-                            torch.float32).initial()
+    x_cal = calibration_batch(denoiser, x_cal, n_cal, sample_shape)
     cand = path.timesteps(candidates, "logsnr").tolist()
     if len(cand) <= steps:
         raise UsageError(f"{len(cand)} candidate levels cannot hold {steps} steps; raise candidates")
