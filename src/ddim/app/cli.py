@@ -251,7 +251,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
         return 0
     rounds = progressive_distill(args.model, args.out, start_steps=args.start_steps, final_steps=args.final_steps,
                                  iters=args.iters, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                 data=args.data)
+                                 data=args.data, teacher_solver=args.teacher_solver,
+                                 teacher_substeps=args.teacher_substeps)
     kept = tuple(k for k in (1, 2, 4) if args.final_steps <= k < args.start_steps)
     model = package(rounds, rounds / "model", kept)
     print(f"distilled {args.model} in {time.perf_counter() - t0:.1f} s; rounds in {rounds}")
@@ -268,9 +269,18 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else (Path(model.info["folder"]) / FILE if "folder" in model.info else None)
     if out is None:
         raise UsageError(f"{model.name} has no folder for {FILE}: give --out FILE")
+    kw = {}
+    if args.method == "ays":
+        from ..io.data import load as load_data
+
+        if args.data is None:
+            raise UsageError("--method ays needs --data: samples of the data the model was trained on")
+        kw["x_data"] = load_data(args.data)
+    elif args.data is not None:
+        raise UsageError("--data is for --method ays (the other searches start from noise)")
     t0 = time.perf_counter()
     r = search_schedule(model.denoiser, args.nfe, args.sampler, method=args.method, n_cal=args.n_cal,
-                        progress=True)
+                        progress=True, **kw)
     write_schedule(out, model.denoiser, r, args.method, args.n_cal)
     print(f"{args.method} schedule for {args.sampler} at NFE {args.nfe}: {[round(t, 4) for t in r.timesteps.tolist()]}"
           f" in {time.perf_counter() - t0:.1f} s")
@@ -562,6 +572,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="progressive (halving rounds, default) or consistency (LCM-style consistency distillation)")
     p.add_argument("--data", default="digits", help="training data for the student (default: %(default)s)")
     p.add_argument("--start-steps", type=_positive_int, default=64, help="teacher DDIM steps (default 64)")
+    p.add_argument("--teacher-solver", default="ddim", choices=["ddim", "dpmpp_2m"],
+                   help="solver for the first round's targets from the original teacher (default: %(default)s)")
+    p.add_argument("--teacher-substeps", type=_positive_int, default=2,
+                   help="teacher solver steps per first-round student step (default 2, the paper's recipe)")
     p.add_argument("--final-steps", type=_positive_int, default=1, help="steps of the last student (default 1)")
     p.add_argument("--iters", type=_positive_int, default=1000, help="optimizer steps per round (default 1000)")
     p.add_argument("--batch-size", type=_positive_int, default=128, help="batch size (default 128)")
@@ -575,8 +589,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a run folder or diffusers folder (or give --out)")
     p.add_argument("--nfe", type=_positive_int, default=10, help="network evaluations (default: %(default)s)")
     p.add_argument("--sampler", default="unipc", help="the sampler the schedule is for (default: %(default)s)")
-    p.add_argument("--method", default="gits+cd", choices=["gits", "coordinate", "gits+cd"],
-                   help="GITS dynamic programming, coordinate descent, or GITS refined by it (default)")
+    p.add_argument("--method", default="gits+cd", choices=["gits", "coordinate", "gits+cd", "ays"],
+                   help="GITS dynamic programming, coordinate descent, GITS refined by it (default), or Align "
+                        "Your Steps' KL upper bound minimised by dynamic programming (needs --data)")
+    p.add_argument("--data", default=None, help="--method ays: the model's training data (e.g. digits, mog3)")
     p.add_argument("--n-cal", type=_positive_int, default=512, help="calibration samples (default: %(default)s)")
     p.add_argument("--out", default=None, help="where to write (default: MODEL/schedule.json)")
     p.set_defaults(func=cmd_schedule)

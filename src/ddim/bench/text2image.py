@@ -20,7 +20,7 @@ PROMPT, GUIDANCE = "a photo of a cat", 7.5
 
 
 def _time(fn: Any, repeat: int) -> float:
-    fn()
+    """Best of `repeat` timed calls (the caller warms up once beforehand)."""
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -41,12 +41,14 @@ def speed_text2image(out: Path, quick: bool, command: str, model: str, device: s
                                                              requires_safety_checker=False).to(device)
     pipe.set_progress_bar_config(disable=True)
     base_cfg = pipe.scheduler.config
-    repeat = 1 if quick else 3
     emb = torch.cat([lp.encode_prompts([PROMPT]), lp.encode_prompts([""])]).to(device)
     x = torch.randn(2, *lp.latent_shape, device=device)
     rows = []
     with torch.no_grad():
+        text_to_image(lp, PROMPT, 1, guidance=GUIDANCE, steps=2, sampler="ddim")  # warm-up, both pipelines
+        pipe(PROMPT, num_inference_steps=2, guidance_scale=GUIDANCE)
         for sampler, sched_name, steps in QUICK if quick else CONFIGS:
+            repeat = 1 if quick else max(1, min(3, 100 // steps))  # best of 3 for short runs, one 1000-step run
             pipe.scheduler = getattr(diffusers, sched_name).from_config(base_cfg)
             pipe.scheduler.set_timesteps(steps)
             ts = pipe.scheduler.timesteps
@@ -60,7 +62,8 @@ def speed_text2image(out: Path, quick: bool, command: str, model: str, device: s
                          "mem_ours": mem[0], "mem_theirs": mem[1]})
     c, h, w = lp.latent_shape
     lines = [header("Text-to-image speed and memory (Stable-Diffusion-format folder)", command),
-             f"Folder `{model}`: latents {c}×{h}×{w} (images {lp.image_shape[1]}×{lp.image_shape[2]}), one image, "
+             f"Folder `{model}`: latents {c}×{h}×{w} (images {lp.image_shape[1]}×{lp.image_shape[2]}), UNet blocks "
+             f"{', '.join(lp.unet.config.down_block_types)}, one image, "
              f"prompt {PROMPT!r}, CFG {GUIDANCE} (the conditional and unconditional branches in one call on the "
              f"doubled batch, in both), device {device}. Time per image includes text encoding and the VAE decode; "
              "network only = the same UNet calls with no sampler, text encoder or VAE. Peak memory: the rise of peak "

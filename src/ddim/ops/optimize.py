@@ -4,6 +4,7 @@ reference on a small calibration batch (coordinate descent on the step positions
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,12 +95,7 @@ def optimize_timesteps(denoiser: Denoiser, nfe: int, sampler: str = "dpmpp_2m", 
     history = [cur_e]
     gaps = [a - b for a, b in itertools.pairwise(cur)]
     delta = max(1, (min(gaps) if gaps else 1) // 2)
-    it = range(rounds)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc=f"optimising {steps} steps", leave=False)
-    for _ in it:
+    for _ in _bar(range(rounds), f"optimising {steps} steps", progress):
         improved = False
         for j in range(1, len(cur)):
             for move in (delta, -delta):
@@ -172,12 +168,7 @@ def gits_timesteps(denoiser: Denoiser, nfe: int, sampler: str = "dpmpp_2m", x_ca
 
     m = len(cand)
     cost = [[float("inf")] * (m + 1) for _ in range(m)]  # cost[i][j]: one DDIM step cand[i] → cand[j] (m = data)
-    it = range(m)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc="GITS costs", leave=False)
-    for i in it:
+    for i in _bar(range(m), "GITS costs", progress):
         x_i = states[cand[i]]
         out = denoiser.call_net(x_i, cand[i])
         for j in range(i + 1, m + 1):
@@ -186,7 +177,91 @@ def gits_timesteps(denoiser: Denoiser, nfe: int, sampler: str = "dpmpp_2m", x_ca
             x_j = torch.add(x_i * plan.p[0], out, alpha=plan.q[0])
             target = states[cand[j]] if j < m else final
             cost[i][j] = _rmse(x_j, target)
-    # shortest path from node 0 to the data (node m) with exactly `steps` edges
+    nodes = _cheapest_path(cost, steps)
+    ts = torch.tensor([cand[i] for i in nodes], dtype=torch.int64 if path.grid else torch.float64)
+    ref = reference_solution(denoiser, x_cal) if path.grid else final
+    e_opt = schedule_error(denoiser, sampler, ts, x_cal, ref)
+    e_fixed = min(schedule_error(denoiser, sampler, path.timesteps(steps, sp), x_cal, ref)
+                  for sp in _spacings(path, steps))
+    return OptimizedSchedule(ts, sampler, nfe, "gits", e_fixed, e_opt, m)
+
+
+@torch.no_grad()
+def ays_timesteps(denoiser: Denoiser, nfe: int, sampler: str = "dpmpp_2m", x_data: torch.Tensor | None = None, *,
+                  n_cal: int = 64, candidates: int = 100, condition: Any = None,
+                  guidance: Guidance | float | None = None, uncond: Any = None, progress: bool = False
+                  ) -> OptimizedSchedule:
+    """Align Your Steps (Sabour et al. 2024): the step list that minimises the KL upper bound between the reverse
+    SDE and its discretisation with the denoiser held at each step's start, Σᵢ ∫ σ̃⁻³ E‖D(x_σ̃) − D(x_σ̃ᵢ)‖² dσ̃
+    (σ̃ = σ/α, x_σ̃ = x0 + σ̃ε from data x0, one ε per sample), over the σ̃ range of a fine candidate grid. The
+    KLUB is additive over steps, so dynamic programming finds its exact minimum on the grid (the paper iterates
+    local updates). One network call per candidate level on `x_data` (n_cal data samples)."""
+    denoiser = bind(denoiser, condition, guidance, uncond)
+    path = denoiser.schedule
+    steps = get_sampler(sampler).steps_for_nfe(nfe)
+    if x_data is None:
+        raise UsageError("Align Your Steps needs data samples (x_data): the data the model was trained on")
+    if denoiser.sample_shape is not None and tuple(x_data.shape[1:]) != tuple(denoiser.sample_shape):
+        raise UsageError(f"data samples have shape {tuple(x_data.shape[1:])}; the model takes "
+                         f"{tuple(denoiser.sample_shape)}")
+    pick = torch.randperm(len(x_data), generator=torch.Generator().manual_seed(0))[:n_cal]  # a seeded subset
+    x0 = x_data[pick].to(denoiser.device(), torch.float64 if _is64(denoiser) else torch.float32)
+    eps = SeededNoise(range(2 * 10**6, 2 * 10**6 + len(x0)), x0.shape[1:], dtype=x0.dtype).initial().to(x0.device)
+    cand = path.timesteps(candidates, "logsnr").tolist()
+    if len(cand) <= steps:
+        raise UsageError(f"{len(cand)} candidate levels cannot hold {steps} steps; raise candidates")
+    klub = klub_matrix(denoiser, x0, eps, cand, progress)
+    m = len(cand)
+    cost = [[float("inf")] * (m + 1) for _ in range(m)]
+    for i in range(m):
+        for j in range(i + 1, m):
+            cost[i][j] = float(klub[i, j])
+        cost[i][m] = float(klub[i, m - 1])  # the last step runs to the grid's lowest level, then to the data
+    ts = torch.tensor([cand[i] for i in _cheapest_path(cost, steps)],
+                      dtype=torch.int64 if path.grid else torch.float64)
+    x_cal = calibration_batch(denoiser, None, len(x0), x0.shape[1:])
+    ref = reference_solution(denoiser, x_cal) if path.grid else sample(
+        denoiser, x_T=x_cal, steps=8 * candidates, sampler="unipc", order=3, spacing="logsnr")
+    e_opt = schedule_error(denoiser, sampler, ts, x_cal, ref)
+    e_fixed = min(schedule_error(denoiser, sampler, path.timesteps(steps, sp), x_cal, ref)
+                  for sp in _spacings(path, steps))
+    return OptimizedSchedule(ts, sampler, nfe, "ays", e_fixed, e_opt, m)
+
+
+@torch.no_grad()
+def klub_matrix(denoiser: Denoiser, x0: torch.Tensor, eps: torch.Tensor, levels: Sequence[float],
+                progress: bool = False) -> torch.Tensor:
+    """AYS's KLUB of every step between `levels` (decreasing noise): entry [i, j] (j > i) is
+    ∫_{σ̃_j}^{σ̃_i} σ̃⁻³ E‖D(x_σ̃, σ̃) − D(x_σ̃ᵢ, σ̃ᵢ)‖² dσ̃ per element, x_σ̃ = x0 + σ̃ε (trapezoid on the levels)."""
+    path = denoiser.schedule
+    den, tilde = [], []
+    for t in _bar(levels, "AYS denoiser calls", progress):
+        a, sg = path.alpha_sigma(t)
+        x = a * x0 + sg * eps
+        den.append(denoiser.x0_from_output(x, t, denoiser.call_net(x, t)).flatten(1).double())
+        tilde.append(sg / a if a > 0 else math.inf)
+    d = torch.stack(den)  # (m, n, dims): D at every level
+    m = len(levels)
+    e = torch.stack([(d - d[i]).pow(2).mean((1, 2)) for i in range(m)])  # e[i, g] = E‖D_g − D_i‖² per element
+    inv2 = torch.tensor([0.0 if math.isinf(v) else v ** -2 for v in tilde], dtype=torch.float64)
+    seg = 0.5 * (inv2[1:] - inv2[:-1]) * 0.5 * (e[:, :-1] + e[:, 1:])  # ∫ σ̃⁻³ dσ̃ on [σ̃_{g+1}, σ̃_g] × mean e
+    cum = torch.cat([torch.zeros(m, 1, dtype=torch.float64), seg.cumsum(1)], 1)
+    return cum - cum.diagonal()[:, None]
+
+
+def _bar(it: Any, desc: str, progress: bool) -> Any:
+    """`it` with a tqdm bar when `progress`."""
+    if not progress:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, leave=False)
+
+
+def _cheapest_path(cost: list[list[float]], steps: int) -> list[int]:
+    """Dynamic programming: the nodes 0 = i_0 < i_1 < … < i_{steps-1} of the cheapest path from node 0 to the
+    last node (m, the data) with exactly `steps` edges, where cost[i][j] is the edge i → j."""
+    m = len(cost)
     inf = float("inf")
     best = [[inf] * (m + 1) for _ in range(steps + 1)]
     back = [[-1] * (m + 1) for _ in range(steps + 1)]
@@ -201,12 +276,7 @@ def gits_timesteps(denoiser: Denoiser, nfe: int, sampler: str = "dpmpp_2m", x_ca
     for k in range(steps, 0, -1):
         j = back[k][j]
         nodes.append(j)
-    ts = torch.tensor([cand[i] for i in reversed(nodes)], dtype=torch.int64 if path.grid else torch.float64)
-    ref = reference_solution(denoiser, x_cal) if path.grid else final
-    e_opt = schedule_error(denoiser, sampler, ts, x_cal, ref)
-    e_fixed = min(schedule_error(denoiser, sampler, path.timesteps(steps, sp), x_cal, ref)
-                  for sp in _spacings(path, steps))
-    return OptimizedSchedule(ts, sampler, nfe, "gits", e_fixed, e_opt, m)
+    return nodes[::-1]
 
 
 def _spacings(path: Any, steps: int) -> list[str]:
@@ -226,17 +296,20 @@ def _spacings(path: Any, steps: int) -> list[str]:
     return out
 
 
-SEARCH_METHODS = ("gits", "coordinate", "gits+cd")
+SEARCH_METHODS = ("gits", "coordinate", "gits+cd", "ays")
 
 
 def search_schedule(denoiser: Denoiser, nfe: int, sampler: str = "unipc", *, method: str = "gits+cd",
                     n_cal: int = 512, progress: bool = False, **kw: Any) -> OptimizedSchedule:
-    """A step list for `nfe` evaluations of `sampler`: GITS, coordinate descent from the best fixed spacing, or
-    GITS refined by coordinate descent on the sampler's own error (the calibration batch: seeds 10⁶ + i)."""
+    """A step list for `nfe` evaluations of `sampler`: GITS, coordinate descent from the best fixed spacing,
+    GITS refined by coordinate descent on the sampler's own error (the calibration batch: seeds 10⁶ + i), or
+    Align Your Steps' KLUB (needs `x_data`, samples of the training data)."""
     if method not in SEARCH_METHODS:
         raise UsageError(f"unknown schedule search {method!r}; choose one of {', '.join(SEARCH_METHODS)}")
     if method == "coordinate":
         return optimize_timesteps(denoiser, nfe, sampler, n_cal=n_cal, progress=progress, **kw)
+    if method == "ays":
+        return ays_timesteps(denoiser, nfe, sampler, n_cal=n_cal, progress=progress, **kw)
     g = gits_timesteps(denoiser, nfe, sampler, n_cal=n_cal, progress=progress, **kw)
     if method == "gits" or not denoiser.schedule.grid:
         return g

@@ -3,7 +3,9 @@ halving the step count each round (N → N/2 → … → 1).
 
 Round 0 re-parametrises the ε-teacher as a v-prediction student (v is well conditioned at every noise level;
 an ε-student cannot express x̂0 at the highest noise level, where α ≈ 0.006). Each halving round: x_t from
-data, two teacher DDIM steps t → t' → t'' on the 2N-step trailing grid, and the student's x̂0 target
+data, two teacher DDIM steps t → t' → t'' on the 2N-step trailing grid (in the first round optionally more
+steps of a higher-order solver on the original teacher, so its targets carry less discretisation error), and
+the student's x̂0 target
 x̃ = (x_t'' − (σ_t''/σ_t) x_t) / (α_t'' − (σ_t''/σ_t) α_t), the x̂0 that one DDIM step t → t'' needs to land
 on the teacher (eq. 8), under the truncated-SNR weight max(α²/σ², 1). Each round is a folder with a diffusers
 export; an interrupted distillation resumes at the first unfinished round.
@@ -40,14 +42,36 @@ def _out(net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor
     return o if isinstance(o, torch.Tensor) else o.sample
 
 
+def _x0(net: torch.nn.Module, pred: str, x: torch.Tensor, t: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
+    """The network's x̂0 at per-sample levels t (ᾱ_t)."""
+    k1, k2, _, _ = _coef(pred, abar_t)
+    return _b(k1, x) * x + _b(k2, x) * _out(net, x, t)
+
+
 def _ddim(net: torch.nn.Module, pred: str, x: torch.Tensor, t: torch.Tensor, abar_t: torch.Tensor,
           abar_s: torch.Tensor) -> torch.Tensor:
     """One batched DDIM (η = 0) step from per-sample levels t (ᾱ_t) to ᾱ_s (eq. 12)."""
-    k1, k2, k3, k4 = _coef(pred, abar_t)
-    out = _out(net, x, t)
-    x0 = _b(k1, x) * x + _b(k2, x) * out
-    eps = _b(k3, x) * x + _b(k4, x) * out
-    return _b(abar_s.sqrt(), x) * x0 + _b((1 - abar_s).clamp_min(0).sqrt(), x) * eps
+    return _teacher_solve(net, pred, x, [t, None], [abar_t, abar_s], "ddim")
+
+
+def _teacher_solve(net: torch.nn.Module, pred: str, x: torch.Tensor, ts: list[Any], abars: list[torch.Tensor],
+                   solver: str) -> torch.Tensor:
+    """Integrate the PF-ODE from x over per-sample levels ts[0] → … → ts[-1] (ᾱ in `abars`; ᾱ = 1 is the data)
+    with DDIM steps (eq. 12) or DPM-Solver++(2M) (Lu et al. 2022, Alg. 2; first order on the first step and
+    on a step that ends at the data, where λ = ∞)."""
+    x0_prev = h_prev = None
+    for j in range(len(ts) - 1):
+        a_t, a_s = abars[j], abars[j + 1]
+        x0 = _x0(net, pred, x, ts[j], a_t)
+        al_t, si_t = a_t.sqrt(), (1 - a_t).sqrt()
+        al_s, si_s = a_s.sqrt(), (1 - a_s).clamp_min(0).sqrt()
+        d, h = x0, (al_s / si_s).log() - (al_t / si_t).log()  # h = λ_s − λ_t (∞ at the data)
+        if solver == "dpmpp_2m" and x0_prev is not None:
+            c = torch.where(torch.isfinite(h), h / (2 * h_prev), torch.zeros_like(h))  # 1 / (2 r)
+            d = _b(1 + c, x) * x0 - _b(c, x) * x0_prev
+        x = _b(si_s / si_t, x) * x + _b(al_s - si_s / si_t * al_t, x) * d  # = (σ_s/σ_t) x − α_s (e^{−h} − 1) D
+        x0_prev, h_prev = x0, h
+    return x
 
 
 def _student_x0(student: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
@@ -57,9 +81,13 @@ def _student_x0(student: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, abar
 
 def progressive_distill(teacher: str | Path, out: str | Path, *, start_steps: int = 64, final_steps: int = 1,
                         iters: int = 1000, batch_size: int = 128, lr: float = 2e-4, seed: int = 0,
-                        data: str = "digits", progress: bool = True, log: Any = print) -> Path:
+                        data: str = "digits", teacher_solver: str = "ddim", teacher_substeps: int = 2,
+                        progress: bool = True, log: Any = print) -> Path:
     """Distil `teacher` (an ε/x0/v model on a grid schedule) into v-prediction students for start_steps/2, …,
-    final_steps DDIM steps. Writes OUT/round-K/diffusers for every K; returns OUT."""
+    final_steps DDIM steps. Writes OUT/round-K/diffusers for every K; returns OUT. The first halving round's
+    targets come from the original teacher integrated over each student step with `teacher_substeps` steps of
+    `teacher_solver` (ddim | dpmpp_2m; the paper's recipe: 2 DDIM steps); later rounds take 2 DDIM steps of
+    the previous student."""
     from ..io.loader import load_model
 
     out = Path(out)
@@ -71,13 +99,21 @@ def progressive_distill(teacher: str | Path, out: str | Path, *, start_steps: in
         raise UsageError("progressive distillation of conditional models is not supported")
     if start_steps & (start_steps - 1) or final_steps & (final_steps - 1) or not 1 <= final_steps < start_steps:
         raise UsageError("start_steps and final_steps must be powers of two with final_steps < start_steps")
+    if teacher_solver not in ("ddim", "dpmpp_2m"):
+        raise UsageError(f"teacher_solver must be ddim or dpmpp_2m, not {teacher_solver!r}")
+    if teacher_substeps < 2:
+        raise UsageError(f"teacher_substeps must be at least 2, not {teacher_substeps}")
     x_data = load_data(data)
     if tuple(x_data.shape[1:]) != tuple(tden.sample_shape or ()):
         raise UsageError(f"data {data} has sample shape {tuple(x_data.shape[1:])}, the teacher takes "
                          f"{tden.sample_shape}")
     abar = torch.cat([sched.alphas_cumprod.float(), torch.ones(1)])  # index T: the data (ᾱ = 1)
-    teacher_net, teacher_pred = copy.deepcopy(tden.net).eval(), tden.prediction_type
-    teacher_net.requires_grad_(False)
+    settings = {"teacher": str(teacher), "start_steps": start_steps, "iters": iters, "batch_size": batch_size,
+                "lr": lr, "seed": seed, "data": data, "teacher_solver": teacher_solver,
+                "teacher_substeps": teacher_substeps}
+    _check_settings(out, settings)
+    original = copy.deepcopy(tden.net).eval().requires_grad_(False), tden.prediction_type
+    teacher_net, teacher_pred = original
     g = torch.Generator().manual_seed(seed)
     student = copy.deepcopy(teacher_net).train().requires_grad_(True)
     # round 0: re-parametrise as v-prediction (student x̂0 = teacher x̂0 at every level)
@@ -94,8 +130,11 @@ def progressive_distill(teacher: str | Path, out: str | Path, *, start_steps: in
             teacher_net, teacher_pred = copy.deepcopy(student).eval().requires_grad_(False), "v_prediction"
             log(f"{name}: done earlier, resuming after it")
             continue
+        first = n_student == start_steps // 2
+        if first:
+            teacher_net, teacher_pred = original
         _round(student, teacher_net, teacher_pred, n_student, sched, abar, x_data, g, iters, batch_size, lr,
-               progress, name)
+               progress, name, *((teacher_solver, teacher_substeps) if first else ("ddim", 2)))
         ck.export_diffusers(student, schedule_to_config(sched), folder / "diffusers",
                             {"prediction_type": "v_prediction", "clip_sample": False, "timestep_spacing": "trailing"})
         log(f"{name}: wrote {folder / 'diffusers'}")
@@ -103,12 +142,28 @@ def progressive_distill(teacher: str | Path, out: str | Path, *, start_steps: in
     return out
 
 
+def _check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Record a distillation's settings in OUT/distill.json; resuming with other settings is an error."""
+    import json
+
+    path = out / "distill.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in settings if old.get(k) != settings[k])
+        if diff:
+            raise UsageError(f"{out} was distilled with other settings ({', '.join(diff)}): use a new --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    ck.atomic_write_json(path, settings)
+
+
 def _round(student: torch.nn.Module, teacher: torch.nn.Module, teacher_pred: str, n_student: int | None,
            sched: Any, abar: torch.Tensor, x_data: torch.Tensor, g: torch.Generator, iters: int, batch: int,
-           lr: float, progress: bool, name: str) -> None:
+           lr: float, progress: bool, name: str, solver: str = "ddim", substeps: int = 2) -> None:
+    """One round: the student's x̂0 learns the target that `substeps` teacher steps (`solver`) imply."""
     T = sched.T
-    if n_student is not None:
-        t_teacher = sched.timesteps(2 * n_student, "trailing").long()  # nests the student's trailing grid
+    if n_student is not None:  # the substeps·n trailing grid nests the student's n-step trailing grid
+        t_teacher = torch.cat([sched.timesteps(substeps * n_student, "trailing").long(), torch.tensor([T])])
     opt = torch.optim.AdamW(student.parameters(), lr=lr)
     it = range(iters)
     if progress:
@@ -123,7 +178,7 @@ def _round(student: torch.nn.Module, teacher: torch.nn.Module, teacher_pred: str
             t = torch.randint(0, T, (batch,), generator=g)
         else:
             k = torch.randint(0, n_student, (batch,), generator=g)
-            t = t_teacher[2 * k]
+            t = t_teacher[substeps * k]
         a_t = abar[t]
         x_t = _b(a_t.sqrt(), x0) * x0 + _b((1 - a_t).sqrt(), x0) * noise
         with torch.no_grad():
@@ -131,12 +186,9 @@ def _round(student: torch.nn.Module, teacher: torch.nn.Module, teacher_pred: str
                 k1, k2, _, _ = _coef(teacher_pred, a_t)
                 target = _b(k1, x_t) * x_t + _b(k2, x_t) * _out(teacher, x_t, t)
             else:
-                t_mid = t_teacher[2 * k + 1]
-                last = 2 * k + 2 >= len(t_teacher)
-                t_end = torch.where(last, torch.full_like(t, T), t_teacher[(2 * k + 2).clamp(max=len(t_teacher) - 1)])
-                x_mid = _ddim(teacher, teacher_pred, x_t, t, a_t, abar[t_mid])
-                x_end = _ddim(teacher, teacher_pred, x_mid, t_mid, abar[t_mid], abar[t_end])
-                a_e = abar[t_end]
+                ts = [t_teacher[substeps * k + j] for j in range(substeps + 1)]  # index T: the data
+                x_end = _teacher_solve(teacher, teacher_pred, x_t, ts, [abar[u] for u in ts], solver)
+                a_e = abar[ts[-1]]
                 ratio = ((1 - a_e) / (1 - a_t)).sqrt()  # σ_t''/σ_t
                 target = (x_end - _b(ratio, x_t) * x_t) / _b(a_e.sqrt() - ratio * a_t.sqrt(), x_t)
         w = (a_t / (1 - a_t)).clamp(min=1.0)  # truncated SNR weighting
