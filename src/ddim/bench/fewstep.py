@@ -31,6 +31,7 @@ def fewstep_bench(out: Path, quick: bool, command: str, n: int | None = None, se
     sampled with its LCM sampler."""
     from tqdm.auto import tqdm
 
+    from ..io.data import load as load_data
     from ..io.loader import load_model
     from ..ops.optimize import search_schedule
     from .classifier import DigitsJudge
@@ -58,6 +59,10 @@ def fewstep_bench(out: Path, quick: bool, command: str, n: int | None = None, se
                                 n_cal=64 if quick else 256)
             add("unipc + GITS", nfe, _draw(base, n, seeds, timesteps=r.timesteps, sampler="unipc"),
                 "[" + ", ".join(str(int(t)) for t in r.timesteps.tolist()) + "]")
+            r = search_schedule(base, nfe, "unipc", method="ays", n_cal=64 if quick else 512,
+                                x_data=load_data("digits"))
+            add("unipc + AYS", nfe, _draw(base, n, seeds, timesteps=r.timesteps, sampler="unipc"),
+                "[" + ", ".join(str(int(t)) for t in r.timesteps.tolist()) + "]")
         dist = load_model("digits-distilled")
         for k in (1, 2, 4):
             dist.resolve_sampling(k)
@@ -77,7 +82,8 @@ def fewstep_bench(out: Path, quick: bool, command: str, n: int | None = None, se
              f"pooled over {seeds} seed sets of {n}; spread: lowest–highest single seed set. "
              f"{judge.floor_text(n * seeds)} Samplers: the spacing is chosen per NFE on a "
              f"calibration seed set ({n_cal} samples, seeds 9·10⁶ + i) among {', '.join(SPACINGS)}. GITS: schedule "
-             "searched on its own calibration batch (ODE error against the fine reference, not FD). Distilled: "
+             "searched on its own calibration batch (ODE error against the fine reference, not FD); AYS: the KL upper "
+             "bound of Align Your Steps minimised by dynamic programming on 512 training digits (not FD). Distilled: "
              "`digits-distilled`, one student per step count"
              + (f"; consistency-distilled: `{consistency}`." if consistency else "."), "",
              "| method | NFE | class-balanced FD ↓ | × DDPM-1000 | FD ↓ | seed spread | spacing / schedule |",

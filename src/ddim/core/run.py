@@ -45,14 +45,20 @@ class Tracked:
         self.den = den
         self.schedule = den.schedule
         self.stats = stats if stats is not None else RunStats()
-        self._watch: list[torch.Tensor] = []
+        self._watch: torch.Tensor | None = None  # one growing buffer, not a tensor per call: no heap growth
         self._t: list[float] = []
 
     def raw(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """One network call: counted, its sum recorded on the device (no sync)."""
         out = self.den.call_net(x, t)
         self.stats.nfe += self.den.branches(t)
-        self._watch.append(out.sum())
+        n, w = len(self._t), self._watch
+        if w is None or n == len(w):
+            grown = torch.empty(max(64, 2 * n), dtype=out.dtype, device=out.device)
+            if w is not None:
+                grown[:n].copy_(w)
+            self._watch = w = grown
+        w[n] = out.sum()
         self._t.append(t)
         return out
 
@@ -66,13 +72,12 @@ class Tracked:
 
     def finish(self) -> None:
         """One host sync: raise ModelOutputError naming the first call whose output had NaN or inf."""
-        if not self._watch:
+        if not self._t:
             return
-        ok = torch.isfinite(torch.stack(self._watch))
-        watch, ts = self._watch, self._t
-        self._watch, self._t = [], []
+        ts = self._t
+        ok = torch.isfinite(self._watch[:len(ts)])
+        self._watch, self._t = None, []
         if not bool(ok.all()):
             first = int((~ok).nonzero()[0, 0])
-            del watch
             raise ModelOutputError(f"model output contains NaN or inf at network call {first + 1} "
                                    f"(timestep t={ts[first]})")
