@@ -225,3 +225,15 @@ def test_zero_terminal_snr_v_prediction_folder_matches_the_pipeline(tmp_path, sa
     _, ours = text_to_image(lp, ["a cat", "a dog"], guidance=5.0, steps=8, sampler=sampler, latents=x,
                             return_latents=True)
     assert _rel(ours, theirs) <= (1e-4 if sampler == "ddim" else 2e-3)
+
+
+def test_memory_verdict_per_implementation():
+    from ddim.bench.text2image import _memory_verdict
+
+    ddpm = {"mem_ours": 20.0, "mem_theirs": 20.0}
+    rows = [{"mem_ours": 18.0, "mem_theirs": 13.0}, {"mem_ours": 19.0, "mem_theirs": 14.0}]
+    text = _memory_verdict(ddpm, rows)
+    assert "ours: DDIM 5–10 % below DDPM's 20.0 MB, the claim does not hold" in text
+    assert "diffusers: DDIM 30–35 % below DDPM's 20.0 MB, the claim holds" in text
+    assert "at most 7.0 MB" in text
+    assert "below 5 MB" in _memory_verdict({"mem_ours": 2.0, "mem_theirs": 30.0}, rows)
