@@ -180,10 +180,7 @@ def gits_timesteps(denoiser: Denoiser, nfe: int, sampler: str = "dpmpp_2m", x_ca
     nodes = _cheapest_path(cost, steps)
     ts = torch.tensor([cand[i] for i in nodes], dtype=torch.int64 if path.grid else torch.float64)
     ref = reference_solution(denoiser, x_cal) if path.grid else final
-    e_opt = schedule_error(denoiser, sampler, ts, x_cal, ref)
-    e_fixed = min(schedule_error(denoiser, sampler, path.timesteps(steps, sp), x_cal, ref)
-                  for sp in _spacings(path, steps))
-    return OptimizedSchedule(ts, sampler, nfe, "gits", e_fixed, e_opt, m)
+    return _judged(denoiser, sampler, nfe, ts, x_cal, ref, "gits", m)
 
 
 @torch.no_grad()
@@ -222,10 +219,17 @@ def ays_timesteps(denoiser: Denoiser, nfe: int, sampler: str = "dpmpp_2m", x_dat
     x_cal = calibration_batch(denoiser, None, len(x0), x0.shape[1:])
     ref = reference_solution(denoiser, x_cal) if path.grid else sample(
         denoiser, x_T=x_cal, steps=8 * candidates, sampler="unipc", order=3, spacing="logsnr")
+    return _judged(denoiser, sampler, nfe, ts, x_cal, ref, "ays", m)
+
+
+def _judged(denoiser: Denoiser, sampler: str, nfe: int, ts: torch.Tensor, x_cal: torch.Tensor, ref: torch.Tensor,
+            method: str, evaluations: int) -> OptimizedSchedule:
+    """A searched step list with its calibration error and the best fixed spacing's, against the reference."""
+    path = denoiser.schedule
     e_opt = schedule_error(denoiser, sampler, ts, x_cal, ref)
-    e_fixed = min(schedule_error(denoiser, sampler, path.timesteps(steps, sp), x_cal, ref)
-                  for sp in _spacings(path, steps))
-    return OptimizedSchedule(ts, sampler, nfe, "ays", e_fixed, e_opt, m)
+    e_fixed = min(schedule_error(denoiser, sampler, path.timesteps(len(ts), sp), x_cal, ref)
+                  for sp in _spacings(path, len(ts)))
+    return OptimizedSchedule(ts, sampler, nfe, method, e_fixed, e_opt, evaluations)
 
 
 @torch.no_grad()

@@ -144,11 +144,9 @@ def progressive_distill(teacher: str | Path, out: str | Path, *, start_steps: in
 
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
     """Record a distillation's settings in OUT/distill.json; resuming with other settings is an error."""
-    import json
-
     path = out / "distill.json"
     if path.is_file():
-        old = json.loads(path.read_text())
+        old = ck.read_json(path)
         diff = sorted(k for k in settings if old.get(k) != settings[k])
         if diff:
             raise UsageError(f"{out} was distilled with other settings ({', '.join(diff)}): use a new --out")
@@ -183,8 +181,7 @@ def _round(student: torch.nn.Module, teacher: torch.nn.Module, teacher_pred: str
         x_t = _b(a_t.sqrt(), x0) * x0 + _b((1 - a_t).sqrt(), x0) * noise
         with torch.no_grad():
             if n_student is None:
-                k1, k2, _, _ = _coef(teacher_pred, a_t)
-                target = _b(k1, x_t) * x_t + _b(k2, x_t) * _out(teacher, x_t, t)
+                target = _x0(teacher, teacher_pred, x_t, t, a_t)
             else:
                 ts = [t_teacher[substeps * k + j] for j in range(substeps + 1)]  # index T: the data
                 x_end = _teacher_solve(teacher, teacher_pred, x_t, ts, [abar[u] for u in ts], solver)
