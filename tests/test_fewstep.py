@@ -317,3 +317,19 @@ def test_ays_schedule_search_from_the_cli(tmp_path, capsys):
     assert main(["schedule", "--model", str(run), "--nfe", "5", "--method", "ays"]) == 2
     assert "needs --data" in capsys.readouterr().err
     assert main(["schedule", "--model", str(run), "--nfe", "5", "--method", "ays", "--data", "digits"]) == 2
+
+
+def test_fewstep_bench_adds_a_reflowed_flow_model_with_its_calibrated_sampler(tmp_path):
+    """The reflowed rows: a flow model (here the shipped digits-flow) at each NFE with the sampler and spacing
+    picked on the calibration seeds; a sampler whose step needs more calls than the budget is not a candidate."""
+    from ddim.bench.classifier import DigitsJudge
+    from ddim.bench.fewstep import _calibrated, fewstep_bench
+    from ddim.io.loader import load_model
+
+    den = load_model("digits-flow").denoiser
+    assert _calibrated(DigitsJudge(), den, 1, [("pndm", "uniform")], 8) is None  # one step: 2 calls
+    assert _calibrated(DigitsJudge(), den, 2, [("midpoint", "uniform"), ("ddim", "karras")], 8)[2] in (1, 2)
+    text = fewstep_bench(tmp_path, True, "test", n=8, seeds=1, reflowed="digits-flow")
+    rows = [line for line in text.splitlines() if line.startswith("| reflowed flow |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["1", "2", "4"]
+    assert "reflowed flow: `digits-flow`" in text

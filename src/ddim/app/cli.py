@@ -707,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "pipeline; reconstruction: prompt-conditioned inversion under guidance 1 / 3 / 7.5); "
                         "fewstep: a consistency-distilled model to add")
     p.add_argument("--reflowed", default=None, metavar="MODEL",
-                   help="flow suite: a reflowed model (from ddim reflow) to compare at 1/2/4 NFE")
+                   help="flow / fewstep suites: a reflowed model (from ddim reflow) to compare at few NFE")
     p.add_argument("--steps-list", type=_positive_int, nargs="+", default=None,
                    help="step counts for the quality suite (default: 10 20 50 100)")
     p.set_defaults(func=cmd_bench)

@@ -1,6 +1,6 @@
 """`ddim bench fewstep`: class-balanced FD at 1 / 2 / 4 / 8 / 10 / 20 NFE on digits for ODE samplers (spacing
-chosen per NFE on a calibration seed set), GITS-searched schedules, the progressive-distilled model, and
-DDPM-1000 and the floor — pooled over seed sets, one figure."""
+chosen per NFE on a calibration seed set), GITS-searched schedules, the progressive-distilled model, optionally a
+consistency-distilled and a reflowed model, and DDPM-1000 and the floor — pooled over seed sets, one figure."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ from .report import header
 SEED_STRIDE = 10**6
 CAL_SEED = 9 * SEED_STRIDE
 SPACINGS = ("trailing", "time_quadratic", "logsnr", "karras")
+#: a reflowed flow model's candidates: samplers and the spacings of a continuous path
+FLOW_SAMPLERS = ("ddim", "midpoint", "dpmpp_2m", "unipc")
+FLOW_SPACINGS = ("uniform", "karras", "flow")
 
 
 def _draw(den: Any, n: int, seeds: int, **kw: Any) -> list[torch.Tensor]:
@@ -25,10 +28,25 @@ def _draw(den: Any, n: int, seeds: int, **kw: Any) -> list[torch.Tensor]:
                 for k in range(seeds)]
 
 
+def _calibrated(judge: Any, den: Any, nfe: int, candidates: list[tuple[str, str]], n_cal: int
+                ) -> tuple[str, str, int] | None:
+    """The (sampler, spacing, steps) among `candidates` with the lowest class-balanced FD at `nfe` network calls
+    on the calibration seed set (never the reported one); None when no candidate fits the budget."""
+    scores: dict[tuple[str, str, int], float] = {}
+    for name, sp in candidates:
+        steps = SAMPLERS[name].steps_for_nfe(nfe)
+        if SAMPLERS[name].nfe(steps) <= nfe:
+            x = sample(den, (n_cal, *den.sample_shape), steps=steps, sampler=name, spacing=sp,
+                       seeds=range(CAL_SEED, CAL_SEED + n_cal))
+            scores[(name, sp, steps)] = judge.score(x)["fd_bal"]
+    return min(scores, key=scores.get) if scores else None
+
+
 def fewstep_bench(out: Path, quick: bool, command: str, n: int | None = None, seeds: int = 3,
-                  consistency: str | None = None) -> str:
+                  consistency: str | None = None, reflowed: str | None = None) -> str:
     """The few-step table; `consistency` adds a consistency-distilled model (`ddim distill --method consistency`)
-    sampled with its LCM sampler."""
+    sampled with its LCM sampler, `reflowed` a reflowed flow model (`ddim reflow`) with the sampler and spacing
+    chosen per NFE on the calibration seed set."""
     from tqdm.auto import tqdm
 
     from ..io.data import load as load_data
@@ -49,10 +67,7 @@ def fewstep_bench(out: Path, quick: bool, command: str, n: int | None = None, se
     with torch.no_grad():
         for name in tqdm(("ddim", "dpmpp_2m", "unipc"), desc="samplers"):
             for nfe in nfes:
-                steps = SAMPLERS[name].steps_for_nfe(nfe)
-                cal = {sp: judge.score(sample(base, (n_cal, 1, 8, 8), steps=steps, sampler=name, spacing=sp,
-                                              seeds=range(CAL_SEED, CAL_SEED + n_cal)))["fd_bal"] for sp in SPACINGS}
-                sp = min(cal, key=cal.get)
+                _, sp, steps = _calibrated(judge, base, nfe, [(name, sp) for sp in SPACINGS], n_cal)
                 add(name, nfe, _draw(base, n, seeds, steps=steps, sampler=name, spacing=sp), sp)
         for nfe in [v for v in nfes if v in ((4,) if quick else (4, 10))]:
             r = search_schedule(base, nfe, "unipc", method="gits+cd" if not quick else "gits",
@@ -73,6 +88,13 @@ def fewstep_bench(out: Path, quick: bool, command: str, n: int | None = None, se
             for k in (1, 2, 4, 8):
                 add("consistency-distilled", k, _draw(cd, n, seeds, steps=k, sampler="lcm", spacing="lcm"),
                     "LCM sampler, lcm spacing")
+        if reflowed is not None:
+            rf = load_model(reflowed).denoiser
+            for k in [v for v in nfes if v <= 8]:
+                name, sp, steps = _calibrated(judge, rf, k, [(a, b) for a in FLOW_SAMPLERS for b in FLOW_SPACINGS],
+                                              n_cal)
+                add("reflowed flow", k, _draw(rf, n, seeds, steps=steps, sampler=name, spacing=sp),
+                    f"{name}, {sp} spacing, {steps} steps")
         ddpm_steps = 50 if quick else 1000
         add(f"DDPM-{ddpm_steps}", ddpm_steps,
             _draw(base, n, seeds, steps=ddpm_steps, sampler="ddpm", spacing="trailing"), "ancestral, σ² = β̃")
@@ -85,7 +107,10 @@ def fewstep_bench(out: Path, quick: bool, command: str, n: int | None = None, se
              "searched on its own calibration batch (ODE error against the fine reference, not FD); AYS: the KL upper "
              "bound of Align Your Steps minimised by dynamic programming on 512 training digits (not FD). Distilled: "
              "`digits-distilled`, one student per step count"
-             + (f"; consistency-distilled: `{consistency}`." if consistency else "."), "",
+             + (f"; consistency-distilled: `{consistency}`" if consistency else "")
+             + (f"; reflowed flow: `{reflowed}` (one reflow of `digits-flow`, another model than the ε-model the "
+                "other rows sample; its sampler and spacing chosen per NFE on the calibration seed set among "
+                f"{', '.join(FLOW_SAMPLERS)} × {', '.join(FLOW_SPACINGS)})" if reflowed else "") + ".", "",
              "| method | NFE | class-balanced FD ↓ | × DDPM-1000 | FD ↓ | seed spread | spacing / schedule |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:

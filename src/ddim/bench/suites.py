@@ -33,7 +33,7 @@ def run(suite: str, out: str | Path, *, quick: bool = False, command: str = "", 
     elif suite == "fewstep":
         from .fewstep import fewstep_bench
 
-        text = fewstep_bench(out, quick, command, n=n, seeds=seeds, consistency=model)
+        text = fewstep_bench(out, quick, command, n=n, seeds=seeds, consistency=model, reflowed=reflowed)
     elif suite == "flow":
         from .flow import flow_bench
 
