@@ -23,7 +23,7 @@ def _single(*args):
 
 def test_sharded_sampling_equals_single_process_and_resumes(tmp_path):
     common = ["sample", "--model", "mixture:mog3", "-n", "37", "--batch", "8", "--steps", "10", "--eta", "0.5",
-              "--seed", "5"]
+              "--seed", "5", "--keep-shards"]
     r = _torchrun(*common, "--out", str(tmp_path / "dist.npy"))
     assert r.returncode == 0, r.stderr[-3000:]
     s = _single(*common, "--out", str(tmp_path / "single.npy"))

@@ -187,9 +187,10 @@ def test_progressive_distillation_rounds_package_and_step_refusal(tmp_path, caps
     for k in ("v", "4", "2", "1"):
         assert (tmp_path / "d" / f"round-{k}" / "diffusers" / "unet" / "config.json").is_file()
     m = load_model(tmp_path / "d" / "model")
-    w4 = {k: v.clone() for k, v in m.denoiser.net.state_dict().items()}
+    w4 = m.denoiser_for(4).net.state_dict()
     assert m.resolve_sampling(1) == ("ddim", "trailing", 1)
-    assert any(not torch.equal(v, m.denoiser.net.state_dict()[k]) for k, v in w4.items())  # the 1-step student
+    assert any(not torch.equal(v, m.denoiser_for(1).net.state_dict()[k]) for k, v in w4.items())  # 1-step student
+    assert all(torch.equal(v, m.denoiser_for(4).net.state_dict()[k]) for k, v in w4.items())  # nothing swapped
     out = tmp_path / "x.npy"
     assert main(["sample", "--model", str(tmp_path / "d" / "model"), "--steps", "2", "-n", "4", "--out",
                  str(out)]) == 0
@@ -230,8 +231,8 @@ def test_shipped_distilled_model_samples_at_its_step_counts():
 
     m = load_model("digits-distilled")
     for k in (1, 2, 4):
-        sampler, spacing, steps = m.resolve_sampling(k)
-        x = sample(m.denoiser, (4, 1, 8, 8), steps=steps, sampler=sampler, spacing=spacing)
+        plan = m.plan(k)
+        x = sample(plan.denoiser, (4, 1, 8, 8), steps=plan.steps, sampler=plan.sampler, spacing=plan.spacing)
         assert torch.isfinite(x).all() and float(x.abs().max()) < 3
 
 

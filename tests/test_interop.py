@@ -11,7 +11,11 @@ from diffusers import DDIMScheduler as TheirDDIM
 import ddim
 from ddim.diffusers import DDIMScheduler
 from ddim.io.config import denoiser_from_config
-from ddim.io.interop import load
+from ddim.io.loader import load_model
+
+
+def load(path):
+    return load_model(path).denoiser
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +87,6 @@ def test_load_pipeline_folder_written_by_diffusers(unet, tmp_path):
     assert den.sample_shape == (1, 8, 8) and den.prediction_type == "epsilon"
     x = ddim.sample(den, (2, 1, 8, 8), steps=4, sampler="ddpm")
     assert x.shape == (2, 1, 8, 8) and bool(torch.isfinite(x).all())
-    # the same through the CLI spec resolver
-    from ddim.io.loader import load_model
-
     assert load_model(tmp_path / "p").sample_shape == (1, 8, 8)
 
 

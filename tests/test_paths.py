@@ -103,7 +103,7 @@ def test_sampler_options_are_declared():
         sample(den, x_T=torch.full((2, 2), float("nan")), steps=5)
 
 
-LAYERS = ["core", "models", "ops", "io", "training", "bench", "app"]
+LAYERS = ["core", "models", "ops", "io", "training", "bench", "api", "app"]
 
 
 def test_imports_point_one_way():

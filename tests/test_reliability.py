@@ -34,7 +34,7 @@ def test_every_valid_safetensors_header_length_loads(tmp_path):
 
 def test_stale_shards_are_not_reused_and_damaged_shards_recover(tmp_path, capsys):
     out = str(tmp_path / "s.npy")
-    base = ["sample", "--model", "mixture:mog3", "-n", "40", "--batch", "20", "--out", out]
+    base = ["sample", "--model", "mixture:mog3", "-n", "40", "--batch", "20", "--out", out, "--keep-shards"]
     assert main([*base, "--steps", "5"]) == 0
     first = np.load(out)
     with pytest.warns(UserWarning, match="different run"):

@@ -12,7 +12,7 @@ from ddim.core.samplers import SAMPLERS
 
 
 def build_sd_folder(path, prediction_type: str = "epsilon"):
-    from ddim.io.text2image import random_folder
+    from ddim.io.random_folders import random_folder
 
     return random_folder(path / "sd", prediction_type=prediction_type)
 
@@ -59,7 +59,7 @@ def test_cfg_latents_match_stable_diffusion_pipeline(tmp_path, sampler, schedule
         theirs = pipe(["a cat", "a dog"], negative_prompt=["ugly", "ugly"], num_inference_steps=8, guidance_scale=7.5,
                       latents=x.clone(), output_type="latent").images
     model = load_model(folder)
-    _, ours = text_to_image(model.info["pipeline"], ["a cat", "a dog"], negative_prompt="ugly", guidance=7.5,
+    _, ours = text_to_image(model, ["a cat", "a dog"], negative_prompt="ugly", guidance=7.5,
                             steps=8, sampler=sampler, latents=x, return_latents=True)
     assert _rel(ours, theirs) <= 1e-4
 
@@ -77,7 +77,7 @@ def test_ddim_eta_one_matches_the_pipeline_with_the_same_noise(sd):
         # 6 steps it is not: 999 → 833 while the list says 832; ours follows the list)
         theirs = pipe(["a cat", "a dog"], num_inference_steps=8, guidance_scale=5.0, eta=1.0, latents=x.clone(),
                       generator=torch.Generator().manual_seed(11), output_type="latent").images
-    lp = load_model(sd).info["pipeline"]
+    lp = load_model(sd)
     den = bind(lp.denoiser, lp.condition(["a cat", "a dog"]), 5.0)
     ts = den.schedule.timesteps(8, "trailing")
     with torch.no_grad():
@@ -89,7 +89,7 @@ def test_prompt_conditioned_refined_inversion_round_trip(sd):
     from ddim.io.loader import load_model
     from ddim.ops.inversion import invert
 
-    lp = load_model(sd).info["pipeline"]
+    lp = load_model(sd)
     z0 = _latents(2, seed=3)
     cond = lp.condition(["a cat"])
     with torch.no_grad():
@@ -104,7 +104,7 @@ def test_images_encode_decode_and_edit(sd):
     from ddim.io.loader import load_model
     from ddim.ops.text_to_image import edit_images, img2img, text_to_image
 
-    lp = load_model(sd).info["pipeline"]
+    lp = load_model(sd)
     imgs = text_to_image(lp, "a cat", 2, guidance=3.0, steps=4)
     assert imgs.shape == (2, 3, 16, 16) and float(imgs.abs().max()) <= 1.0
     r = edit_images(lp, imgs, "a cat", "a dog", steps=4, guidance=3.0, inversion="negative")
@@ -117,11 +117,12 @@ def test_per_sample_seeds_and_prompt_cache(sd):
     from ddim.io.loader import load_model
     from ddim.ops.text_to_image import text_to_image
 
-    lp = load_model(sd).info["pipeline"]
+    lp = load_model(sd)
     calls = []
-    orig = lp.text_encoder.forward
-    lp.text_encoder.forward = lambda *a, **k: (calls.append(a[0].shape[0]), orig(*a, **k))[1]
-    lp._cache.clear()
+    enc = lp.encoder
+    orig = enc.text_encoder.forward
+    enc.text_encoder.forward = lambda *a, **k: (calls.append(a[0].shape[0]), orig(*a, **k))[1]
+    enc._cache.clear()
     three = text_to_image(lp, ["a cat", "a dog", "a cat"], 3, guidance=4.0, steps=4, seed=5)
     assert sum(calls) == 2  # each distinct prompt encoded once
     one = text_to_image(lp, "a dog", 1, guidance=4.0, steps=4, seeds=[6])
@@ -132,14 +133,11 @@ def test_bfloat16_networks_keep_float32_sampler_maths(sd):
     from ddim.io.loader import load_model
     from ddim.ops.text_to_image import text_to_image
 
-    m = load_model(sd)
-    lp = m.info["pipeline"]
-    ref = text_to_image(lp, "a cat", 1, guidance=3.0, steps=4)
-    m.to("cpu", torch.bfloat16)
+    ref = text_to_image(load_model(sd), "a cat", 1, guidance=3.0, steps=4)
+    lp = load_model(sd, "cpu", torch.bfloat16)
     _, z = text_to_image(lp, "a cat", 1, guidance=3.0, steps=4, return_latents=True)
-    assert z.dtype == torch.float32
+    assert z.dtype == torch.float32 and next(lp.codec.unet.parameters()).dtype == torch.bfloat16
     assert float((lp.decode(z) - ref).abs().max()) < 0.2
-    m.to("cpu", torch.float32)
 
 
 def test_cli_prompt_sampling_writes_images(sd, tmp_path):
@@ -211,7 +209,7 @@ def test_zero_terminal_snr_v_prediction_folder_matches_the_pipeline(tmp_path, sa
     import diffusers
 
     from ddim.io.loader import load_model
-    from ddim.io.text2image import random_folder
+    from ddim.io.random_folders import random_folder
     from ddim.ops.text_to_image import text_to_image
 
     folder = random_folder(tmp_path / "sd", prediction_type="v_prediction", rescale_betas_zero_snr=True)
@@ -220,7 +218,7 @@ def test_zero_terminal_snr_v_prediction_folder_matches_the_pipeline(tmp_path, sa
     with torch.no_grad():
         theirs = pipe(["a cat", "a dog"], num_inference_steps=8, guidance_scale=5.0, latents=x.clone(),
                       output_type="latent").images
-    lp = load_model(folder).info["pipeline"]
+    lp = load_model(folder)
     assert lp.denoiser.schedule.alpha_bar(999) == 0.0
     _, ours = text_to_image(lp, ["a cat", "a dog"], guidance=5.0, steps=8, sampler=sampler, latents=x,
                             return_latents=True)

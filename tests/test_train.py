@@ -209,9 +209,9 @@ def test_unet_run_exports_diffusers_layout_loadable_by_diffusers(tmp_path):
     ddim_pipe = DDIMPipeline(unet=pipe.unet, scheduler=DDIMScheduler.from_config(pipe.scheduler.config))
     assert ddim_pipe(batch_size=1, num_inference_steps=3, output_type="np").images.shape == (1, 8, 8, 1)
     # and we load theirs back
-    from ddim.io.interop import load
+    from ddim.io.loader import load_model
 
-    den = load(folder)
+    den = load_model(folder).denoiser
     assert den.sample_shape == (1, 8, 8)
     x = sample(den, (2, 1, 8, 8), steps=3)
     assert bool(torch.isfinite(x).all())

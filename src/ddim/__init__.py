@@ -1,48 +1,43 @@
 """ddim: fast, deterministic, tested sampling of diffusion models.
 
-Layers, each importing only those before it: core (paths, prediction, samplers, sample) → models → ops
-(inversion, latent edits, likelihood, schedule search, metrics) → io (files, configs, diffusers folders) →
-training → bench → app (CLI, demo).
+Layers, each importing only those before it: core (paths, prediction, samplers, sample) → models (networks,
+the Model contract) → ops (inversion, latent edits, likelihood, schedule search, metrics) → io (files,
+configs, one module per model format) → training → bench → api (requests, `run`) → app (CLI, demo).
+Names are imported on first use, so `ddim --help` starts without torch.
 """
 
-from .core import (
-    SAMPLERS,
-    CheckpointError,
-    ContinuousPath,
-    Denoiser,
-    ModelOutputError,
-    NoisePath,
-    NoiseSchedule,
-    RunStats,
-    SeededNoise,
-    StepInfo,
-    UsageError,
-    sample,
-)
-from .core.guidance import ClassLabels, Guidance
-from .core.path import FlowShift
-from .models.mixture import ConditionalMixture, GaussianMixture
-from .ops import metrics
-from .ops.editing import sdedit, swap_condition
-from .ops.inversion import invert, reconstruct
-from .ops.latent import edit, interpolate, lerp, slerp
-from .ops.likelihood import log_likelihood
-from .ops.optimize import optimize_timesteps
+from __future__ import annotations
 
-__all__ = [
-    "SAMPLERS", "CheckpointError", "ClassLabels", "ConditionalMixture", "ContinuousPath", "Denoiser", "FlowShift",
-    "GaussianMixture", "Guidance", "ModelOutputError", "NoisePath", "NoiseSchedule", "RunStats", "SeededNoise",
-    "StepInfo", "UsageError", "edit", "interpolate", "invert", "lerp", "load", "log_likelihood", "metrics",
-    "optimize_timesteps", "reconstruct", "sample", "sdedit", "slerp", "swap_condition",
-]
+from importlib import import_module
+from typing import Any
+
+_LAZY = {
+    "SAMPLERS": "core.samplers", "CheckpointError": "core.errors", "ContinuousPath": "core.path",
+    "Denoiser": "core.prediction", "ModelOutputError": "core.errors", "NoisePath": "core.path",
+    "NoiseSchedule": "core.schedule", "RunStats": "core.run", "SeededNoise": "core.noise", "StepInfo": "core.run",
+    "UsageError": "core.errors", "sample": "core.sample", "ClassLabels": "core.guidance", "Guidance": "core.guidance",
+    "FlowShift": "core.path", "ConditionalMixture": "models.mixture", "GaussianMixture": "models.mixture",
+    "metrics": "ops", "sdedit": "ops.editing", "swap_condition": "ops.editing", "invert": "ops.inversion",
+    "reconstruct": "ops.inversion", "edit": "ops.latent", "interpolate": "ops.latent", "lerp": "ops.latent",
+    "slerp": "ops.latent", "log_likelihood": "ops.likelihood", "optimize_timesteps": "ops.optimize",
+    "load_model": "io.loader", "run": "api.run", "parse_request": "api.request",
+}
+__all__ = sorted([*_LAZY, "load"])
+__version__ = "0.1.0"
 
 
-def load(path: str) -> Denoiser:
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = import_module(".ops.metrics", __name__) if name == "metrics" else \
+            getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ddim' has no attribute {name!r}")
+
+
+def load(path: str) -> Any:
     """A Denoiser from a local diffusers folder (pipeline or UNet + scheduler config), a ddim run folder,
     or a built-in name (`digits`, `digits-cond`, `digits-flow`, `mixture:mog3`)."""
     from .io.loader import load_model
 
     return load_model(path).denoiser
-
-
-__version__ = "0.1.0"

@@ -80,8 +80,7 @@ def fewstep_bench(out: Path, quick: bool, command: str, n: int | None = None, se
                 "[" + ", ".join(str(int(t)) for t in r.timesteps.tolist()) + "]")
         dist = load_model("digits-distilled")
         for k in (1, 2, 4):
-            dist.resolve_sampling(k)
-            add("progressive-distilled", k, _draw(dist.denoiser, n, seeds, steps=k, spacing="trailing"),
+            add("progressive-distilled", k, _draw(dist.denoiser_for(k), n, seeds, steps=k, spacing="trailing"),
                 "v-prediction student, DDIM")
         if consistency is not None:
             cd = load_model(consistency).denoiser

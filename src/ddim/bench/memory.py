@@ -55,7 +55,7 @@ def _run_text_to_image(spec: dict):
         return run
     from ..ops.text_to_image import text_to_image
 
-    lp = load_model(spec["model"]).to(spec["device"]).info["pipeline"]
+    lp = load_model(spec["model"], spec["device"])
 
     def run(steps: int, n: int) -> None:
         text_to_image(lp, spec["prompt"], n, guidance=spec["guidance"], steps=steps, sampler=spec["sampler"])
@@ -89,7 +89,7 @@ def _probe(spec: dict) -> float:
             run = _run_text_to_image(spec)
             run(1, 1)  # set-up (kernels, thread pools, the prompt's embedding) is not sampling
             return _peak_mb(lambda: run(spec["steps"], spec["batch"]), spec["device"])
-        model = load_model(spec["model"]).to(spec["device"])
+        model = load_model(spec["model"], spec["device"])
         x = torch.randn(spec["batch"], *model.sample_shape, device=spec["device"])
         sample(model.denoiser, x_T=x[:1], steps=1)  # one-time library set-up (kernels, thread pools) is not sampling
         kw = {"steps": spec["steps"], "sampler": spec["sampler"], "return_trajectory": spec["trajectory"]}

@@ -1,68 +1,129 @@
-"""`ddim bench SUITE`: one entry point that runs a suite (quick or full preset) and writes OUT/report.md."""
+"""`ddim bench SUITE`: the suites as a registry (like the samplers'), each a function of the run's options that
+returns its report text; `run` writes OUT/report.md. Importing this module imports no torch (the CLI's parser
+lists the names)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-
-from ..core.errors import UsageError
-from ..io.checkpoint import atomic_write_bytes
-from .report import header
-
-SUITES = ("overhead", "solvers", "quality", "speed", "eta-variance", "reconstruction", "guidance", "flow",
-          "fewstep")
+from typing import Any
 
 
-def run(suite: str, out: str | Path, *, quick: bool = False, command: str = "", device: str = "cpu",
-        n: int | None = None, steps_list: list[int] | None = None, steps: int = 50, seeds: int = 3,
-        reflowed: str | None = None, model: str | None = None) -> Path:
+@dataclass(frozen=True)
+class BenchOptions:
+    """What a suite may use: output folder, quick preset, the command line for the report, and the flags."""
+
+    out: Path
+    quick: bool
+    command: str
+    device: str = "cpu"
+    n: int | None = None
+    steps_list: list[int] | None = None
+    steps: int = 50
+    seeds: int = 3
+    reflowed: str | None = None
+    model: str | None = None
+
+
+#: name → function(options) returning the report text (or the path of a report it wrote itself)
+SUITES: dict[str, Callable[[BenchOptions], Any]] = {}
+
+
+def suite(name: str) -> Callable[[Callable[[BenchOptions], Any]], Callable[[BenchOptions], Any]]:
+    def wrap(fn: Callable[[BenchOptions], Any]) -> Callable[[BenchOptions], Any]:
+        SUITES[name] = fn
+        return fn
+    return wrap
+
+
+@suite("overhead")
+def _overhead(o: BenchOptions) -> str:
+    from .overhead import overhead_report
+    from .report import header
+
+    return header("Sampler overhead", o.command) + "\n" + overhead_report(o.quick, o.steps, o.device)
+
+
+@suite("solvers")
+def _solvers(o: BenchOptions) -> Path:
+    from .solvers import run_solvers
+
+    if o.quick:
+        return run_solvers(o.out, nfes=(5, 10), n=100, samplers=("ddim", "dpmpp_2m", "unipc"),
+                           spacings=("trailing", "logsnr"), command=o.command)
+    return run_solvers(o.out, command=o.command)
+
+
+@suite("quality")
+def _quality(o: BenchOptions) -> str:
+    from .quality import quality
+
+    return quality(o.out, o.quick, o.command, n=o.n, steps_list=o.steps_list, seeds=o.seeds)
+
+
+@suite("speed")
+def _speed(o: BenchOptions) -> str:
+    if o.model is not None:  # a text-to-image folder beside diffusers' pipeline
+        from .text2image import speed_text2image
+
+        return speed_text2image(o.out, o.quick, o.command, o.model, o.device)
+    from .quality import speed
+
+    return speed(o.out, o.quick, o.command, o.device)
+
+
+@suite("eta-variance")
+def _eta_variance(o: BenchOptions) -> str:
+    from .quality import eta_variance
+
+    return eta_variance(o.out, o.quick, o.command)
+
+
+@suite("reconstruction")
+def _reconstruction(o: BenchOptions) -> str:
+    if o.model is not None:
+        from .text2image import reconstruction_text2image
+
+        return reconstruction_text2image(o.out, o.quick, o.command, o.model)
+    from .quality import reconstruction
+
+    return reconstruction(o.out, o.quick, o.command)
+
+
+@suite("guidance")
+def _guidance(o: BenchOptions) -> str:
+    from .guidance import guidance_bench
+
+    return guidance_bench(o.out, o.quick, o.command, n=o.n, seeds=o.seeds)
+
+
+@suite("flow")
+def _flow(o: BenchOptions) -> str:
+    from .flow import flow_bench
+
+    return flow_bench(o.out, o.quick, o.command, n=o.n, seeds=o.seeds, reflowed=o.reflowed)
+
+
+@suite("fewstep")
+def _fewstep(o: BenchOptions) -> str:
+    from .fewstep import fewstep_bench
+
+    return fewstep_bench(o.out, o.quick, o.command, n=o.n, seeds=o.seeds, consistency=o.model, reflowed=o.reflowed)
+
+
+def run(name: str, out: str | Path, *, quick: bool = False, command: str = "", **flags: Any) -> Path:
     """Run one suite and write its report (and figures) into `out`; prints the report and where it went."""
+    from ..core.errors import UsageError
+    from ..io.checkpoint import atomic_write_bytes
+
+    if name not in SUITES:
+        raise UsageError(f"unknown bench suite {name!r}; choose one of {', '.join(SUITES)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    command = command or f"ddim bench {suite}"
-    if suite == "overhead":
-        from .overhead import overhead_report
-
-        text = header("Sampler overhead", command) + "\n" + overhead_report(quick, steps, device)
-    elif suite == "solvers":
-        from .solvers import run_solvers
-
-        if quick:
-            return run_solvers(out, nfes=(5, 10), n=100, samplers=("ddim", "dpmpp_2m", "unipc"),
-                               spacings=("trailing", "logsnr"), command=command)
-        return run_solvers(out, command=command)
-    elif suite == "fewstep":
-        from .fewstep import fewstep_bench
-
-        text = fewstep_bench(out, quick, command, n=n, seeds=seeds, consistency=model, reflowed=reflowed)
-    elif suite == "flow":
-        from .flow import flow_bench
-
-        text = flow_bench(out, quick, command, n=n, seeds=seeds, reflowed=reflowed)
-    elif suite == "guidance":
-        from .guidance import guidance_bench
-
-        text = guidance_bench(out, quick, command, n=n, seeds=seeds)
-    elif suite in ("quality", "eta-variance", "speed", "reconstruction"):
-        from . import quality as q
-
-        if suite == "quality":
-            text = q.quality(out, quick, command, n=n, steps_list=steps_list, seeds=seeds)
-        elif suite == "eta-variance":
-            text = q.eta_variance(out, quick, command)
-        elif suite == "speed" and model is not None:
-            from .text2image import speed_text2image
-
-            text = speed_text2image(out, quick, command, model, device)
-        elif suite == "speed":
-            text = q.speed(out, quick, command, device)
-        elif model is not None:
-            from .text2image import reconstruction_text2image
-
-            text = reconstruction_text2image(out, quick, command, model)
-        else:
-            text = q.reconstruction(out, quick, command)
-    else:
-        raise UsageError(f"unknown bench suite {suite!r}; choose one of {', '.join(SUITES)}")
+    text = SUITES[name](BenchOptions(out, quick, command or f"ddim bench {name}", **flags))
+    if isinstance(text, Path):
+        return text
     atomic_write_bytes(out / "report.md", (text + "\n").encode())
     print(text)
     print(f"wrote {out / 'report.md'}")

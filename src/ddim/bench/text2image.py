@@ -36,7 +36,8 @@ def speed_text2image(out: Path, quick: bool, command: str, model: str, device: s
     from ..ops.text_to_image import text_to_image
     from .memory import peak_sampling_mb
 
-    lp = load_model(model).to(device).info["pipeline"]
+    m = load_model(model, device)
+    lp = m.codec
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(model, safety_checker=None,
                                                              requires_safety_checker=False).to(device)
     pipe.set_progress_bar_config(disable=True)
@@ -124,7 +125,7 @@ def reconstruction_text2image(out: Path, quick: bool, command: str, model: str) 
     from ..ops.editing import guided_reconstruction
     from ..ops.text_to_image import text_to_image
 
-    lp = load_model(model).info["pipeline"]
+    lp = load_model(model)
     n = 2 if quick else 4
     refine = 3 if quick else 8
     with torch.no_grad():

@@ -1,13 +1,23 @@
-"""The core: noise paths, per-sample noise, the prediction interface, runs, samplers and `sample`."""
+"""The core: noise paths, per-sample noise, the prediction interface, runs, samplers and `sample`.
 
-from .errors import CheckpointError, ModelOutputError, UsageError
-from .noise import SeededNoise
-from .path import ContinuousPath, Levels, NoisePath
-from .prediction import Denoiser
-from .run import RunStats, StepInfo
-from .sample import sample
-from .samplers import SAMPLERS, Sampler
-from .schedule import NoiseSchedule
+Names are imported on first use (`ddim.core.errors` and the parser need no torch)."""
 
-__all__ = ["SAMPLERS", "CheckpointError", "ContinuousPath", "Denoiser", "Levels", "ModelOutputError", "NoisePath",
-           "NoiseSchedule", "RunStats", "Sampler", "SeededNoise", "StepInfo", "UsageError", "sample"]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_LAZY = {
+    "CheckpointError": "errors", "ModelOutputError": "errors", "UsageError": "errors", "SeededNoise": "noise",
+    "ContinuousPath": "path", "Levels": "path", "NoisePath": "path", "Denoiser": "prediction", "RunStats": "run",
+    "StepInfo": "run", "sample": "sample", "SAMPLERS": "samplers", "Sampler": "samplers", "NoiseSchedule": "schedule",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ddim.core' has no attribute {name!r}")

@@ -28,7 +28,23 @@ import torch
 from .errors import UsageError
 from .prediction import Denoiser
 
-GUIDANCE_RULES = ("cfg", "apg", "cfg++")
+
+@dataclass(frozen=True)
+class GuidanceRule:
+    """A registered guidance rule: its own options (name → default, as `Guidance.options` takes them), whether
+    the guided output stays affine in the two branches' outputs, and whether it needs DDIM-type steps."""
+
+    name: str
+    options: dict[str, float]
+    affine: bool = True
+    ddim_type_only: bool = False
+
+
+GUIDANCE_RULES: dict[str, GuidanceRule] = {
+    "cfg": GuidanceRule("cfg", {}),
+    "apg": GuidanceRule("apg", {"eta": 0.0, "momentum": 0.0, "threshold": math.inf}),
+    "cfg++": GuidanceRule("cfg++", {}, affine=False, ddim_type_only=True),
+}
 Condition = Mapping[str, torch.Tensor]
 
 
@@ -154,9 +170,13 @@ class Conditioned(Denoiser):
     def for_run(self) -> Conditioned:
         return Conditioned(self.base, self.condition, self.uncond, self.guidance)
 
+    def replace(self, **changes: Any) -> Conditioned:
+        """The same condition and guidance bound to a view of the base denoiser (e.g. batch-invariant)."""
+        return Conditioned(self.base.replace(**changes), self.condition, self.uncond, self.guidance)
+
     @property
     def is_affine(self) -> bool:
-        return self.base.is_affine and self.guidance.rule != "cfg++"
+        return self.base.is_affine and GUIDANCE_RULES[self.guidance.rule].affine
 
     def scale_at(self, t: float) -> float:
         w = self._scale.get(t)

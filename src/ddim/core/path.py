@@ -48,6 +48,10 @@ class NoisePath(ABC):
     #: dy/ds = ε̂ − x̂0, finite at pure noise α = 0)
     flow_variables: bool = False
 
+    def with_shift(self, shift: float) -> NoisePath:
+        """The path with a static flow σ-list shift: flow paths only."""
+        raise UsageError("a shift applies to flow models only; this model has a grid (β-schedule) path")
+
     @abstractmethod
     def alpha_sigma(self, t: float) -> tuple[float, float]:
         """(α_t, σ_t) as Python floats (float64) at any t in the path's range."""
@@ -193,6 +197,16 @@ class ContinuousPath(NoisePath):
         self.flow_variables = kind == "flow"
         #: diffusers' FlowMatchEuler σ list (spacing "flow", the default when set)
         self.flow_shift = flow_shift
+
+    def with_shift(self, shift: float) -> ContinuousPath:
+        """The same flow path with a static σ-list shift s (SD3's shift; replaces dynamic shifting)."""
+        import dataclasses
+
+        if self.kind != "flow":
+            raise UsageError(f"a shift applies to flow models only; this model has a {self.kind} path")
+        fs = self.flow_shift or FlowShift(num_train_timesteps=int(self.time_scale))
+        return ContinuousPath("flow", self.t_max, self.t_min, self.time_scale,
+                              dataclasses.replace(fs, shift=shift, dynamic=False, mu=None))
     @property
     def t_range(self) -> tuple[float, float]:
         return self.t_min, self.t_max

@@ -55,6 +55,18 @@ def output_from(prediction_type: str, alpha: float, sigma: float, eps: torch.Ten
     raise UsageError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}")
 
 
+def _batched(v: Any, n: int) -> bool:
+    return isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == n
+
+
+def _rows_padded(v: torch.Tensor, a: int, b: int, c: int) -> torch.Tensor:
+    """Rows a..b of v, padded to c rows by repeating the last one (the padding's outputs are dropped)."""
+    part = v[a:b]
+    if b - a == c:
+        return part
+    return torch.cat([part, part[-1:].expand(c - (b - a), *part.shape[1:])])
+
+
 class Denoiser:
     """Wraps `net(x, t)` (a tensor or an object with `.sample`), its noise path and its prediction type."""
 
@@ -69,6 +81,8 @@ class Denoiser:
         sample_max_value: float = 1.0,
         sample_shape: tuple[int, ...] | None = None,
         conditioning: Any = None,
+        net_dtype: torch.dtype | None = None,
+        chunk: int | None = None,
     ) -> None:
         if not isinstance(schedule, NoisePath):
             raise UsageError(f"schedule must be a NoisePath (NoiseSchedule or ContinuousPath), "
@@ -79,6 +93,9 @@ class Denoiser:
             raise UsageError(f"clip_sample must be a positive number or None, got {clip_sample}")
         if not 0 < dynamic_thresholding_ratio <= 1:
             raise UsageError("dynamic_thresholding_ratio must lie in (0, 1]")
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+            raise UsageError(f"chunk (rows per network call in batch-invariant mode) must be an integer >= 1, "
+                             f"got {chunk!r}")
         self.net = net
         self.schedule = schedule
         self.prediction_type = prediction_type
@@ -91,7 +108,10 @@ class Denoiser:
         self.conditioning = conditioning
         #: the network's own dtype when it differs from the sampler's (half-precision networks): inputs are
         #: cast to it and outputs back, so the sampler's maths stay in float32/float64
-        self.net_dtype: torch.dtype | None = None
+        self.net_dtype = None if net_dtype == torch.float32 else net_dtype
+        #: batch-invariant mode: every network call has exactly `chunk` rows (the last chunk padded), so a row's
+        #: arithmetic does not depend on the rows around it; None: one call on the whole batch
+        self.chunk = chunk
         # memo tables (not run state): affine coefficients per level, time inputs per (device, batch, level)
         self._affine: dict[float, Affine] = {}
         self._t_cache: dict[tuple[torch.device, int], list[torch.Tensor]] = {}
@@ -125,6 +145,28 @@ class Denoiser:
             rows = self._t_cache[key] = [r[:b] for r in block.unbind(0)]
         return rows[int(t)]
 
+    def replace(self, **changes: Any) -> Denoiser:
+        """A view of this Denoiser with some constructor fields changed (`path`, `chunk`, `net_dtype`, ...): the
+        same network and memo tables, the original untouched (a loaded model stays immutable)."""
+        import copy
+
+        allowed = {"net", "path", "chunk", "net_dtype", "conditioning", "sample_shape"}
+        bad = sorted(set(changes) - allowed)
+        if bad:
+            raise UsageError(f"Denoiser.replace takes {', '.join(sorted(allowed))}; got {', '.join(bad)}")
+        view = copy.copy(self)
+        if "path" in changes:
+            view.schedule = changes.pop("path")
+            view._affine, view._t_cache = {}, {}
+        for k, v in changes.items():
+            setattr(view, k, v)
+        return view
+
+    @property
+    def path(self) -> NoisePath:
+        """The noise path (α_t, σ_t) the network was trained on."""
+        return self.schedule
+
     def for_run(self) -> Denoiser:
         """The denoiser one run uses (a bound condition with per-run guidance state gives a fresh copy)."""
         return self
@@ -141,10 +183,24 @@ class Denoiser:
         return {k: v.to(x.device).expand(x.shape[0], *v.shape[1:]) for k, v in unc.items()}
 
     def call_net(self, x: torch.Tensor, t: float, cond: dict[str, Any] | None = None) -> torch.Tensor:
-        """One network call at level t with the network's keyword arguments `cond`, shape-checked (no
-        counting: the run counts)."""
+        """The network's output at level t with its keyword arguments `cond`, shape-checked (no counting: the
+        run counts). In batch-invariant mode the rows go through calls of exactly `chunk` rows each."""
         if cond is None and self.conditioning is not None:
             cond = self._default_condition(x)
+        c, n = self.chunk, x.shape[0]
+        if c is None or (n == c):
+            return self._net_call(x, t, cond)
+        outs = []
+        for a in range(0, n, c):
+            b = min(n, a + c)
+            xa = _rows_padded(x, a, b, c)
+            ca = None if cond is None else {k: _rows_padded(v, a, b, c) if _batched(v, n) else v
+                                            for k, v in cond.items()}
+            outs.append(self._net_call(xa, t, ca)[: b - a])
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def _net_call(self, x: torch.Tensor, t: float, cond: dict[str, Any] | None) -> torch.Tensor:
+        """Exactly one call of the network."""
         xin = x if self.net_dtype is None or x.dtype == self.net_dtype else x.to(self.net_dtype)
         try:
             out = self.net(xin, self.time_input(t, x)) if cond is None else self.net(xin, self.time_input(t, x), **cond)

@@ -14,6 +14,17 @@ from .prediction import Denoiser
 from .run import Callback, RunStats, StepInfo
 from .samplers import get_sampler
 
+#: rows per network call in batch-invariant mode (measured: `ddim bench overhead`, docs/benchmarks.md)
+BATCH_INVARIANT_CHUNK = 32
+
+
+def invariant(denoiser: Denoiser, batch_invariant: bool | int) -> Denoiser:
+    """The denoiser in batch-invariant mode (a view with fixed-size network calls), or itself when off."""
+    if batch_invariant is False or batch_invariant is None:
+        return denoiser
+    chunk = BATCH_INVARIANT_CHUNK if batch_invariant is True else batch_invariant
+    return denoiser if denoiser.chunk == chunk else denoiser.replace(chunk=chunk)
+
 
 def resolve_seeds(n: int | None, seed: int, seeds: Sequence[int] | None) -> list[int]:
     """Per-sample seeds: `seeds` as given, or seed, seed+1, ..., seed+n-1."""
@@ -58,6 +69,7 @@ def sample(
     condition: Any = None,
     guidance: Guidance | float | None = None,
     uncond: Any = None,
+    batch_invariant: bool | int = False,
     **options: Any,
 ) -> Any:
     """Draw samples: x_T from per-sample seeds (or given), then the named sampler over the levels.
@@ -71,9 +83,11 @@ def sample(
     is below that fraction of x̂0's RMS, and returns that x̂0. It reads two numbers per step on the host (a
     sync): use it where network calls dominate. `condition` (class labels or network keyword arguments, one
     per sample or one for all), `guidance` (a scale w or a `Guidance`) and `uncond` (the negative condition)
-    bind as in `ddim.core.guidance.bind`.
+    bind as in `ddim.core.guidance.bind`. `batch_invariant` (True, or a chunk size): every network call has
+    the same number of rows (`BATCH_INVARIANT_CHUNK`, the last chunk padded), so each sample's bits do not
+    depend on the batch around it (same device, dtype and package versions).
     """
-    denoiser = bind(denoiser, condition, guidance, uncond)
+    denoiser = bind(invariant(denoiser, batch_invariant), condition, guidance, uncond)
     spec = get_sampler(sampler)
     spec.check_options(options)
     if x_T is not None:

@@ -200,15 +200,16 @@ def schedule_to_config(sched: NoisePath) -> dict[str, Any]:
 
 
 def denoiser_from_config(net: Callable[..., Any] | None, config: dict[str, Any] | str | Path,
-                         sample_shape: tuple[int, ...] | None = None) -> Denoiser:
+                         sample_shape: tuple[int, ...] | None = None, **denoiser_kw: Any) -> Denoiser:
     """A Denoiser with the schedule and prediction options of a diffusers scheduler config (a FlowMatch config:
     the flow path and velocity prediction; μ for dynamic shifting from the sample size, 2×2 patches)."""
     raw, where = _raw_config(config)
     if is_flow_config(raw):
         seq = (sample_shape[-1] // 2) * (sample_shape[-2] // 2) if sample_shape and len(sample_shape) == 3 else None
-        return Denoiser(net, flow_path_from_config(raw, where, seq), prediction_type="flow", sample_shape=sample_shape)
+        return Denoiser(net, flow_path_from_config(raw, where, seq), prediction_type="flow", sample_shape=sample_shape,
+                        **denoiser_kw)
     c, _ = read_scheduler_config(config)
     clip = float(c["clip_sample_range"]) if c["clip_sample"] else None
     return Denoiser(net, schedule_from_config(c), prediction_type=c["prediction_type"], clip_sample=clip,
                     thresholding=c["thresholding"], dynamic_thresholding_ratio=float(c["dynamic_thresholding_ratio"]),
-                    sample_max_value=float(c["sample_max_value"]), sample_shape=sample_shape)
+                    sample_max_value=float(c["sample_max_value"]), sample_shape=sample_shape, **denoiser_kw)

@@ -45,7 +45,7 @@ def load_inputs(source: str, sample_shape: Sequence[int], *, index: Sequence[int
 
 
 def load_direction(spec: str, den: Denoiser, sample_shape: Sequence[int], *, examples: int = 64,
-                   steps: int = 50) -> torch.Tensor:
+                   steps: int = 50, timesteps: torch.Tensor | None = None) -> torch.Tensor:
     """A latent direction: `class:A-B` (mean digits encoding of class A minus class B) or a .npy/.npz file."""
     from ..ops.latent import direction_from_examples
 
@@ -59,7 +59,8 @@ def load_direction(spec: str, den: Denoiser, sample_shape: Sequence[int], *, exa
         xd, yd = digits()
         if tuple(xd.shape[1:]) != tuple(sample_shape):
             raise UsageError("class directions are for models of sklearn's 8x8 digits")
-        return direction_from_examples(den, xd[yd == a][:examples], xd[yd == b][:examples], steps)
+        return direction_from_examples(den, xd[yd == a][:examples], xd[yd == b][:examples], steps,
+                                       timesteps=timesteps)
     d = load_data(spec)
     d = d[0] if d.shape[0] == 1 else d
     if tuple(d.shape) != tuple(sample_shape):

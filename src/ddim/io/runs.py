@@ -13,6 +13,7 @@ from ..core.prediction import PREDICTION_TYPES, Denoiser
 from ..models.registry import build_model
 from . import checkpoint as ck
 from .config import schedule_from_config
+from .networks import cast
 
 
 def load_run(run: str | Path, use_ema: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -43,11 +44,14 @@ def check_run_config(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     return cfg
 
 
-def load_run_denoiser(run: str | Path, use_ema: bool = True) -> tuple[Denoiser, dict[str, Any]]:
-    """The Denoiser of a run folder (EMA weights, its schedule, prediction type and sample shape) and its config."""
+def load_run_denoiser(run: str | Path, use_ema: bool = True, device: torch.device | str = "cpu",
+                      dtype: torch.dtype | None = None) -> tuple[Denoiser, dict[str, Any]]:
+    """The Denoiser of a run folder (EMA weights, its schedule, prediction type and sample shape) and its config,
+    its network on `device` in `dtype`."""
     net, cfg = load_run(run, use_ema)
     sched = schedule_from_config(cfg["schedule"])
-    den = Denoiser(net, sched, prediction_type=cfg["prediction_type"], sample_shape=tuple(cfg["sample_shape"]),
+    den = Denoiser(cast(net, device, dtype), sched, prediction_type=cfg["prediction_type"],
+                   sample_shape=tuple(cfg["sample_shape"]), net_dtype=dtype,
                    conditioning=conditioning_from_json(cfg.get("conditioning"), str(Path(run) / "config.json")))
     return den, cfg
 

@@ -10,7 +10,6 @@ depends only on its seed, so the gathered output equals the single-process one b
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from ..core.errors import UsageError
 from ..core.prediction import Denoiser
 from ..core.run import RunStats
 from ..core.sample import sample
+from ..models.contract import denoiser_fingerprint
 from .checkpoint import atomic_save_npy, atomic_write_json
 from .distributed import DistInfo
 
@@ -35,17 +35,8 @@ def shard_path(folder: Path, start: int, end: int) -> Path:
 
 
 def model_fingerprint(den: Denoiser) -> str:
-    """sha256 over the network's weights, its prediction options and its noise levels: a model's identity."""
-    h = hashlib.sha256()
-    h.update(f"{type(den.net).__name__}|{den.prediction_type}|{den.clip_sample}|{den.thresholding}".encode())
-    h.update(repr(den.schedule).encode())
-    lo, hi = den.schedule.t_range
-    h.update(np.asarray([den.schedule.alpha_sigma(t) for t in np.linspace(lo, hi, 64)]).tobytes())
-    sd = den.net.state_dict() if isinstance(den.net, torch.nn.Module) else {}
-    for k in sorted(sd):
-        h.update(k.encode())
-        h.update(sd[k].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    """sha256 over the network's weights, its prediction options and its noise levels: a denoiser's identity."""
+    return denoiser_fingerprint(den)
 
 
 def _load_shard(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -83,12 +74,14 @@ def _prepare(folder: Path, manifest: dict[str, Any], dist: DistInfo) -> None:
 
 def sample_sharded(den: Denoiser, sample_shape: tuple[int, ...], n: int, *, batch: int, seed: int, folder: Path,
                    dist: DistInfo | None = None, on_chunk: Callable[[int, int], None] | None = None,
-                   stats: RunStats | None = None, **sample_kw: Any) -> np.ndarray | None:
+                   stats: RunStats | None = None, callback: Callable | None = None, **sample_kw: Any
+                   ) -> np.ndarray | None:
     """Every rank samples its chunks (skipping finished, intact shards of this run); rank 0 gathers them."""
     dist = dist or DistInfo()
     if batch < 1:
         raise UsageError("batch must be >= 1")
-    manifest = {"model": model_fingerprint(den), "n": n, "batch": batch, "seed": seed,
+    manifest = {"model": model_fingerprint(den), "chunk": den.chunk, "net_dtype": str(den.net_dtype),
+                "n": n, "batch": batch, "seed": seed,
                 "sample_shape": list(sample_shape),
                 "sampling": json.loads(json.dumps(sample_kw, default=_jsonable, sort_keys=True))}
     _prepare(folder, manifest, dist)
@@ -100,7 +93,8 @@ def sample_sharded(den: Denoiser, sample_shape: tuple[int, ...], n: int, *, batc
         if path.is_file() and _load_shard(path, (b - a, *sample_shape)) is not None:
             continue  # done by an earlier, interrupted run with the same manifest
         kw = {k: (_rows(v, a, b, n) if k in ("condition", "uncond") else v) for k, v in sample_kw.items()}
-        x, st = sample(den, (b - a, *sample_shape), seeds=range(seed + a, seed + b), return_stats=True, **kw)
+        x, st = sample(den, (b - a, *sample_shape), seeds=range(seed + a, seed + b), return_stats=True,
+                       callback=callback, **kw)
         if stats is not None:
             stats.nfe = st.nfe
         atomic_save_npy(path, x.detach().cpu().numpy())
@@ -134,13 +128,15 @@ def _rows(cond: Any, a: int, b: int, n: int) -> Any:
 
 
 def draw(den: Denoiser, sample_shape: tuple[int, ...], n: int, *, batch: int, seed: int, shard_folder: Path,
-         dist: DistInfo | None = None, progress: bool = True, **sample_kw: Any) -> tuple[np.ndarray | None, RunStats]:
+         dist: DistInfo | None = None, progress: bool = True, callback: Callable | None = None, **sample_kw: Any
+         ) -> tuple[np.ndarray | None, RunStats]:
     """n samples as an array: in one batch, or — above `batch` or under torchrun — as resumable shards in
     `shard_folder`. Returns (array on rank 0, None elsewhere; the run's stats per batch)."""
     dist = dist or DistInfo()
     stats = RunStats()
     if not (dist.active or n > batch):
-        x, stats = sample(den, (n, *sample_shape), seed=seed, progress=progress, return_stats=True, **sample_kw)
+        x, stats = sample(den, (n, *sample_shape), seed=seed, progress=progress, return_stats=True,
+                          callback=callback, **sample_kw)
         return x.cpu().numpy(), stats
     bar = None
     if progress:
@@ -150,7 +146,7 @@ def draw(den: Denoiser, sample_shape: tuple[int, ...], n: int, *, batch: int, se
     try:
         arr = sample_sharded(den, sample_shape, n, batch=batch, seed=seed, folder=shard_folder, dist=dist,
                              on_chunk=(lambda a, b: bar.update((b - a) * dist.world_size)) if bar else None,
-                             stats=stats, **sample_kw)
+                             stats=stats, callback=callback, **sample_kw)
     finally:
         if bar is not None:
             bar.close()

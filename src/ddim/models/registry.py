@@ -1,7 +1,9 @@
-"""Network specs ({"type", "config"}) ⇄ networks: what a run folder records and how it is rebuilt."""
+"""Network specs ({"type", "config"}) ⇄ networks: what a run folder records and how it is rebuilt; the one
+place a diffusers network class is built from a config."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import torch
@@ -48,7 +50,31 @@ def _build(spec: dict[str, Any]) -> torch.nn.Module:
 
         return MLP(**spec["config"])
     if spec.get("type") == "unet":
-        from diffusers import UNet2DModel
-
-        return UNet2DModel(**spec["config"])
+        return build_diffusers("UNet2DModel", spec["config"], "run config")
     raise CheckpointError(f"unknown model type {spec.get('type')!r} in run config")
+
+
+def diffusers_class(name: str) -> type:
+    """A diffusers model class by name, imported from its own module (not all of diffusers: start-up time)."""
+    modules = {
+        "UNet2DModel": "diffusers.models.unets.unet_2d",
+        "UNet2DConditionModel": "diffusers.models.unets.unet_2d_condition",
+        "AutoencoderKL": "diffusers.models.autoencoders.autoencoder_kl",
+        "DiTTransformer2DModel": "diffusers.models.transformers.dit_transformer_2d",
+    }
+    try:
+        module = importlib.import_module(modules[name]) if name in modules else importlib.import_module("diffusers")
+        return getattr(module, name)
+    except (ImportError, AttributeError):
+        raise UsageError(f"diffusers has no model class {name!r}") from None
+
+
+def build_diffusers(name: str, config: dict[str, Any], where: str) -> torch.nn.Module:
+    """A diffusers network of class `name` from its config (keys starting with `_` are bookkeeping)."""
+    cls = diffusers_class(name)
+    try:
+        return cls(**{k: v for k, v in config.items() if not k.startswith("_")})  # unknown keys: TypeError
+    except (TypeError, ValueError, RuntimeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(f"{where} does not describe a {name}: {msg}") from None
+

@@ -54,9 +54,9 @@ def encode(denoiser: Denoiser, x0: torch.Tensor, source: Any, timesteps: torch.T
 
 def swap_condition(denoiser: Denoiser, x0: torch.Tensor, source: Any, target: Any, *, steps: int = 50,
                    spacing: str | None = None, guidance: Guidance | float | None = None, inversion: str = "refined",
-                   refine: int = 3) -> SwapResult:
+                   refine: int = 3, timesteps: Sequence[float] | torch.Tensor | None = None) -> SwapResult:
     """Invert x0 under `source`, decode the same latent under `source` (reconstruction) and `target` (edit)."""
-    ts = resolve_timesteps(denoiser, steps, spacing, None)
+    ts = resolve_timesteps(denoiser, steps, spacing, timesteps)
     z, rec_kw = encode(denoiser, x0, source, ts, guidance=guidance, inversion=inversion, refine=refine)
     rec = sample(denoiser, x_T=z, timesteps=ts, **rec_kw)
     # negative: the source's network arguments become the unconditional branch of the guided edit
@@ -82,13 +82,15 @@ def guided_reconstruction(denoiser: Denoiser, x0: torch.Tensor, source: Any, sca
 
 def sdedit(denoiser: Denoiser, x0: torch.Tensor, strength: float, *, condition: Any = None,
            guidance: Guidance | float | None = None, uncond: Any = None, steps: int = 50, spacing: str | None = None,
-           sampler: str = "ddim", seed: int = 0, seeds: Sequence[int] | None = None, **options: Any) -> torch.Tensor:
+           sampler: str = "ddim", seed: int = 0, seeds: Sequence[int] | None = None,
+           timesteps: Sequence[float] | torch.Tensor | None = None, **options: Any) -> Any:
     """Noise x0 to the level `strength` ∈ (0, 1] of the way along the step list (per-sample seeds), then sample
-    the remaining steps under `condition`. strength 1 starts from (almost) pure noise."""
+    the remaining steps under `condition`. strength 1 starts from (almost) pure noise. `options` go to
+    `sample` (the sampler's own, `return_stats`, `callback`)."""
     if isinstance(strength, bool) or not isinstance(strength, int | float) or not 0 < strength <= 1:
         raise UsageError(f"strength must lie in (0, 1], got {strength!r}")
     denoiser.check_input(x0)
-    ts = resolve_timesteps(denoiser, steps, spacing, None)
+    ts = resolve_timesteps(denoiser, steps, spacing, timesteps)
     k = max(1, round(strength * len(ts)))
     ts = ts[len(ts) - k:]
     al, sg = denoiser.schedule.alpha_sigma(float(ts[0]))

@@ -80,7 +80,8 @@ def path(a: torch.Tensor, b: torch.Tensor, n: int, method: str = "slerp") -> tor
 
 def interpolate(denoiser: Denoiser, a: torch.Tensor, b: torch.Tensor, n: int, method: str = "slerp",
                 encode: bool = True, steps: int = 50, refine: int = 3, condition: Any = None,
-                guidance: Guidance | float | None = None, uncond: Any = None) -> torch.Tensor:
+                guidance: Guidance | float | None = None, uncond: Any = None,
+                timesteps: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
     """Decoded path between two endpoints: data (encoded first, `encode=True`) or noise. Returns (n, ...).
     A condition (one for all) and guidance apply to the encoding and the decoding alike."""
     from ..core.sample import sample
@@ -91,15 +92,15 @@ def interpolate(denoiser: Denoiser, a: torch.Tensor, b: torch.Tensor, n: int, me
     if a.ndim < 2 or a.shape[0] != 1:
         a, b = a.unsqueeze(0), b.unsqueeze(0)
     if encode:
-        z = invert(denoiser, torch.cat([a, b]), steps, refine=refine)
+        z = invert(denoiser, torch.cat([a, b]), steps, refine=refine, timesteps=timesteps)
         a, b = z[:1], z[1:]
     zs = path(a, b, n, method)
-    return sample(denoiser, x_T=zs, steps=steps)
+    return sample(denoiser, x_T=zs, steps=steps, timesteps=timesteps)
 
 
 def edit(denoiser: Denoiser, x0: torch.Tensor, direction: torch.Tensor, scales: Sequence[float], steps: int = 50,
          refine: int = 3, condition: Any = None, guidance: Guidance | float | None = None,
-         uncond: Any = None) -> torch.Tensor:
+         uncond: Any = None, timesteps: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
     """Encode x0 (N, ...), move along `direction` (broadcast to x0's sample shape) by each scale, decode.
 
     Returns (len(scales), N, ...); scale 0 is the reconstruction.
@@ -110,17 +111,17 @@ def edit(denoiser: Denoiser, x0: torch.Tensor, direction: torch.Tensor, scales: 
     denoiser = bind(denoiser, condition, guidance, uncond)
     if direction.shape != x0.shape[1:] and direction.shape != x0.shape[:1] + x0.shape[1:]:
         raise UsageError(f"direction has shape {tuple(direction.shape)}, expected {tuple(x0.shape[1:])}")
-    z = invert(denoiser, x0, steps, refine=refine)
-    outs = [sample(denoiser, x_T=z + float(s) * direction, steps=steps) for s in scales]
+    z = invert(denoiser, x0, steps, refine=refine, timesteps=timesteps)
+    outs = [sample(denoiser, x_T=z + float(s) * direction, steps=steps, timesteps=timesteps) for s in scales]
     return torch.stack(outs)
 
 
 def direction_from_examples(denoiser: Denoiser, positive: torch.Tensor, negative: torch.Tensor, steps: int = 50,
-                            refine: int = 3) -> torch.Tensor:
+                            refine: int = 3, timesteps: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
     """A latent direction: mean encoding of `positive` minus mean encoding of `negative` (e.g. two classes)."""
     from .inversion import invert
 
     if positive.shape[1:] != negative.shape[1:]:
         raise UsageError("the two example sets must have the same sample shape")
-    return invert(denoiser, positive, steps, refine=refine).mean(0) - invert(denoiser, negative, steps,
-                                                                             refine=refine).mean(0)
+    return (invert(denoiser, positive, steps, refine=refine, timesteps=timesteps).mean(0)
+            - invert(denoiser, negative, steps, refine=refine, timesteps=timesteps).mean(0))

@@ -242,7 +242,7 @@ def consistency_distill(teacher: str | Path, out: str | Path, *, skip: int = 20,
     c_out(t) x̂0_θ(x, t) on the skip grid t_n = skip·n − 1, target f_θ⁻(x̂_{t_n}, t_n) with x̂_{t_n} one teacher
     DDIM step from x_{t_{n+1}}, the pseudo-Huber distance of iCT (Song & Dhariwal 2023) and an EMA target
     network θ⁻. Exports OUT/diffusers with an LCMScheduler config, so the `lcm` sampler is its default."""
-    from ..core.samplers.consistency import SIGMA_DATA
+    from ..core.samplers.consistency import lcm_boundary
     from ..io.loader import load_model
 
     out = Path(out)
@@ -267,9 +267,7 @@ def consistency_distill(teacher: str | Path, out: str | Path, *, skip: int = 20,
     def f(net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         k1, k2, _, _ = _coef(pred, abar[t])
         x0 = _b(k1, x) * x + _b(k2, x) * _out(net, x, t)
-        st = t.float() * timestep_scaling
-        c_skip = SIGMA_DATA**2 / (st**2 + SIGMA_DATA**2)
-        c_out = st / (st**2 + SIGMA_DATA**2).sqrt()
+        c_skip, c_out = lcm_boundary(t.float() * timestep_scaling)
         return _b(c_skip, x) * x + _b(c_out, x) * x0
 
     it = range(iters)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import UsageError
+from ..guidance import GUIDANCE_RULES
 from ..noise import NoiseLike, noise_fn
 from ..prediction import Denoiser
 from ..run import Callback, RunStats, StepInfo, Tracked
@@ -60,9 +61,9 @@ class Sampler:
             raise TypeError("samplers take a ddim.Denoiser (wrap the network: Denoiser(net, schedule))")
         denoiser.check_input(x)
         guidance = getattr(denoiser, "guidance", None)
-        if guidance is not None and guidance.rule == "cfg++" and not self.ddim_type:
+        if guidance is not None and GUIDANCE_RULES[guidance.rule].ddim_type_only and not self.ddim_type:
             ok = ", ".join(n for n, s in SAMPLERS.items() if s.ddim_type)
-            raise UsageError(f"cfg++ guidance is defined for DDIM-type steps ({ok}), not {self.name!r}")
+            raise UsageError(f"{guidance.rule} guidance is defined for DDIM-type steps ({ok}), not {self.name!r}")
         ts = denoiser.schedule.validate_timesteps(timesteps)
         model = Tracked(denoiser.for_run(), stats)
         try:

@@ -11,6 +11,7 @@ per-sample seeded noise of every sampler. Spacing `lcm` gives their timestep lis
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -23,6 +24,13 @@ from .base import FirstOrderPlan, cached_plan, first_order_plan, register, run_f
 SIGMA_DATA = 0.5
 
 
+def lcm_boundary(st: Any) -> tuple[Any, Any]:
+    """LCM's boundary-condition coefficients (c_skip, c_out) at scaled network time st (a float or a tensor):
+    c_skip = σ_d²/(st² + σ_d²), c_out = st/sqrt(st² + σ_d²), so f(x, 0) = x (Luo et al. 2023, eq. 9)."""
+    d = st * st + SIGMA_DATA**2
+    return SIGMA_DATA**2 / d, st / (d.sqrt() if isinstance(d, torch.Tensor) else math.sqrt(d))
+
+
 def lcm_plan(den: Denoiser, timesteps: torch.Tensor, timestep_scaling: float) -> FirstOrderPlan:
     def build() -> FirstOrderPlan:
         path = den.schedule
@@ -30,8 +38,7 @@ def lcm_plan(den: Denoiser, timesteps: torch.Tensor, timestep_scaling: float) ->
         a, b, c, sig = [], [], [], []
         for i, ti in enumerate(t):
             st = float(path.time_input(ti, 1, torch.device("cpu"))[0]) * timestep_scaling
-            c_skip = SIGMA_DATA**2 / (st * st + SIGMA_DATA**2)
-            c_out = st / math.sqrt(st * st + SIGMA_DATA**2)
+            c_skip, c_out = lcm_boundary(st)
             if i == len(t) - 1:
                 al, sg = 1.0, 0.0
             else:

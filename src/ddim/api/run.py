@@ -1,0 +1,338 @@
+"""`run(request, store)`: the one entry point every front end calls. It resolves the model's defaults (sampling
+table, distilled students, schedule.json, shift), the condition and guidance, runs the task through the ops
+and returns a `Result`: arrays, the run's counts and provenance (request, model fingerprint, versions)."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.errors import UsageError
+from ..core.guidance import GUIDANCE_RULES, Guidance
+from ..core.prediction import Denoiser
+from ..core.run import RunStats, StepInfo
+from ..core.sample import invariant, resolve_timesteps
+from ..models.contract import Model, SamplingPlan
+from .request import check_sampler_options
+from .store import ModelStore
+
+_DEFAULT_STORE = ModelStore()
+#: tasks built on DDIM inversion: their sampler is DDIM (η = 0)
+_INVERSION_TASKS = ("invert", "reconstruct", "edit", "interpolate", "likelihood")
+
+
+@dataclass(frozen=True)
+class Preview:
+    """x̂0 (decoded to images) after step `step` of `steps`, for progress displays."""
+
+    step: int
+    steps: int
+    images: torch.Tensor
+
+
+@dataclass
+class Result:
+    """What a run returns: its arrays (`output` names the main one), counts, provenance and a summary."""
+
+    task: str
+    output: str
+    arrays: dict[str, np.ndarray]
+    stats: RunStats
+    provenance: dict[str, Any]
+    summary: dict[str, Any] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def main(self) -> np.ndarray:
+        return self.arrays[self.output]
+
+
+def versions() -> dict[str, str]:
+    import diffusers
+
+    from .. import __version__
+
+    return {"ddim": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def run(request: Any, store: ModelStore | None = None, *, preview: Callable[[Preview], None] | None = None,
+        shards: Path | None = None, dist: Any = None, progress: bool = False) -> Result:
+    """Run a validated request (`parse_request`) against the models of `store`. `preview` receives decoded x̂0
+    every `request.preview_every` steps; `shards` is the folder for resumable sharded sampling (samples above
+    `request.batch`, or under torchrun with `dist`). Off rank 0 of a torchrun job, the result's arrays are empty."""
+    store = store or _DEFAULT_STORE
+    model = store.get(request.model, request.device, request.dtype, request.compile)
+    t0 = time.perf_counter()
+    handler = _TASKS[request.task]
+    with torch.no_grad():
+        out, arrays, summary, labels, stats, plan = handler(request, model, _Ctx(preview, shards, dist, progress))
+    prov = {"request": request.model_dump(mode="json"), "model": {"name": model.name, "format": model.format,
+                                                                   "fingerprint": model.fingerprint},
+            "plan": {"sampler": plan.sampler, "spacing": plan.spacing, "steps": plan.steps,
+                     "timesteps": None if plan.timesteps is None else plan.timesteps.tolist(),
+                     "chunk": plan.denoiser.chunk},
+            "versions": versions()}
+    return Result(request.task, out, arrays, stats, prov, summary, labels, time.perf_counter() - t0)
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    preview: Callable[[Preview], None] | None
+    shards: Path | None
+    dist: Any
+    progress: bool
+
+
+# ------------------------------------------------------------------------------------------ resolution
+def resolve_plan(req: Any, model: Model) -> SamplingPlan:
+    """The run's denoiser, sampler and step list after the model's defaults, the shift and batch invariance."""
+    sampler = req.sampler
+    if req.task in _INVERSION_TASKS and sampler not in (None, "ddim"):
+        raise UsageError(f"{req.task} runs DDIM (η = 0) inversion; sampler {sampler!r} is not used there")
+    if req.spacing == "optimised":
+        from ..io.schedule_file import FILE, read_schedule
+
+        if model.folder is None:
+            raise UsageError(f"{model.name} has no folder to hold a {FILE}")
+        sampler, ts = read_schedule(model.folder / FILE, model.denoiser, sampler, None)
+        plan = model.plan(len(ts), sampler, timesteps=ts)
+    else:
+        plan = model.plan(req.steps, sampler if req.task not in _INVERSION_TASKS else "ddim", req.spacing,
+                          req.timesteps)
+    den = plan.denoiser
+    if req.shift is not None:
+        den = den.replace(path=den.path.with_shift(req.shift))
+    den = invariant(den, req.batch_invariant)
+    try:
+        check_sampler_options(plan.sampler, req.options)
+    except ValueError as e:
+        raise UsageError(f"request field options: {e}") from None
+    ts = plan.timesteps if plan.timesteps is not None else resolve_timesteps(den, plan.steps, plan.spacing, None)
+    return SamplingPlan(den, plan.sampler, plan.spacing, len(ts), ts)
+
+
+def guidance_of(req: Any, model: Model) -> Guidance:
+    """The request's guidance with the model's default scale; rule options under their rule's names."""
+    g = req.guidance
+    opts = {**GUIDANCE_RULES[g.rule].options, **g.options}
+    apg = {"apg_eta": opts["eta"], "apg_momentum": opts["momentum"], "apg_threshold": opts["threshold"]} \
+        if g.rule == "apg" else {}
+    return Guidance(model.defaults.guidance if g.scale is None else g.scale, rule=g.rule, rescale=g.rescale,
+                    interval=g.interval, batched=not g.two_calls, **apg)
+
+
+def _cycled(values: list, n: int) -> list:
+    return [values[i % len(values)] for i in range(n)]
+
+
+def conditioning(req: Any, model: Model, n: int, labels: torch.Tensor | None = None) -> dict[str, Any]:
+    """condition / uncond / guidance keyword arguments for n samples (labels: the rows' own classes)."""
+    g = guidance_of(req, model)
+    if req.prompt is not None and model.condition_kind != "prompt":
+        raise UsageError(f"{model.name} takes no prompts (a text-to-image folder does)")
+    if req.classes is not None and model.condition_kind != "class":
+        what = "prompts, not classes" if model.condition_kind == "prompt" else "no classes (it is unconditional)"
+        raise UsageError(f"{model.name} takes {what}")
+    if model.condition_kind == "prompt":
+        prompts = _cycled(req.prompt or [""], n)
+        unc = model.condition([req.negative_prompt] * n) if req.negative_prompt is not None else None
+        return {"condition": model.condition(prompts), "uncond": unc, "guidance": g}
+    cond = torch.tensor(_cycled(req.classes, n)) if req.classes is not None else labels
+    if cond is None:
+        if req.guidance.scale is not None and not g.trivial:
+            raise UsageError("guidance needs classes (a class-conditional model) or a prompt (a text-to-image model)")
+        return {}
+    return {"condition": cond, "guidance": g}
+
+
+def _rows(req: Any, model: Model) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The request's data rows as images, and their labels when a class model encodes labelled data."""
+    from ..io.inputs import input_labels, load_inputs
+
+    x = load_inputs(req.data, model.image_shape, index=req.index, n=req.n)
+    labels = None
+    if model.condition_kind == "class" and req.classes is None and not req.data.endswith((".npy", ".npz")):
+        labels = input_labels(req.data, index=req.index, n=req.n)
+    return x, labels
+
+
+def _preview_callback(req: Any, model: Model, ctx: _Ctx, steps: int) -> Callable[[StepInfo], None] | None:
+    if ctx.preview is None or req.preview_every is None:
+        return None
+    k = req.preview_every
+
+    def cb(info: StepInfo) -> None:
+        if info.denoised is not None and ((info.i + 1) % k == 0 or info.i + 1 == steps):
+            ctx.preview(Preview(info.i + 1, steps, model.decode(info.denoised)))
+    return cb
+
+
+def _sampling_kw(req: Any, plan: SamplingPlan) -> dict[str, Any]:
+    return {"sampler": plan.sampler, "timesteps": plan.timesteps, **req.options}
+
+
+def _decode(model: Model, z: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    if model.codec is None:
+        return z
+    return torch.cat([model.decode(z[a:a + batch]) for a in range(0, z.shape[0], batch)])
+
+
+def _np(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy()
+
+
+# ----------------------------------------------------------------------------------------------- tasks
+def _sample(req: Any, model: Model, ctx: _Ctx):
+    from ..core.sample import sample
+    from ..io.sharding import draw
+
+    plan = resolve_plan(req, model)
+    shape = model.shape_for(req.size)
+    den = plan.denoiser if shape == model.sample_shape else plan.denoiser.replace(sample_shape=shape)
+    kw = {**_sampling_kw(req, plan), **conditioning(req, model, req.n)}
+    cb = _preview_callback(req, model, ctx, plan.steps)
+    device = den.device()
+    if req.seeds is not None:
+        if req.n > req.batch:
+            raise UsageError(f"a seeds list is sampled in one batch: give at most batch={req.batch} seeds")
+        z, stats = sample(den, (req.n, *shape), seeds=req.seeds, return_stats=True,
+                          callback=cb, progress=ctx.progress, device=device, **kw)
+        z = _np(z)
+    else:
+        shards = ctx.shards or Path(f".ddim-shards-{model.fingerprint[:12]}")
+        z, stats = draw(den, shape, req.n, batch=req.batch, seed=req.seed,
+                        shard_folder=shards, dist=ctx.dist, progress=ctx.progress, callback=cb, device=device, **kw)
+    if z is None:  # another torchrun rank: rank 0 holds the samples
+        return "samples", {}, {}, [], stats, plan
+    images = _np(_decode(model, torch.from_numpy(z).to(device))) if model.codec is not None else z
+    return "samples", {"samples": images}, {}, [], stats, plan
+
+
+def _img2img(req: Any, model: Model, ctx: _Ctx):
+    from ..ops.editing import sdedit
+
+    plan = resolve_plan(req, model)
+    images, labels = _rows(req, model)
+    x0 = model.encode(images)
+    kw = conditioning(req, model, len(x0), labels)
+    out, stats = sdedit(plan.denoiser, x0, req.strength, timesteps=plan.timesteps, sampler=plan.sampler,
+                        seed=req.seed, return_stats=True, callback=_preview_callback(req, model, ctx, plan.steps),
+                        **req.options, **kw)
+    return "samples", {"samples": _np(_decode(model, out)), "inputs": _np(images)}, {}, [], stats, plan
+
+
+def _invert(req: Any, model: Model, ctx: _Ctx):
+    from ..core.sample import sample
+    from ..ops.inversion import invert, normality
+
+    plan = resolve_plan(req, model)
+    images, labels = _rows(req, model)
+    x0 = model.encode(images)
+    kw = conditioning(req, model, len(x0), labels)
+    z, stats = invert(plan.denoiser, x0, timesteps=plan.timesteps, refine=req.refine, return_stats=True, **kw)
+    rec, st2 = sample(plan.denoiser, x_T=z, timesteps=plan.timesteps, return_stats=True, progress=ctx.progress,
+                      callback=_preview_callback(req, model, ctx, plan.steps), **kw)
+    stats.nfe += st2.nfe
+    rec_img = _decode(model, rec)
+    summary = {"mse": float((rec - x0).pow(2).mean()), "data_var": float(x0.var()), **normality(z),
+               "image_mse": float((rec_img - images).pow(2).mean())}
+    arrays = {"encodings": _np(z), "reconstruction": _np(rec_img), "inputs": _np(images)}
+    return ("encodings" if req.task == "invert" else "reconstruction"), arrays, summary, [], stats, plan
+
+
+def _edit(req: Any, model: Model, ctx: _Ctx):
+    from ..ops.editing import sdedit, swap_condition
+    from ..ops.latent import edit
+
+    plan = resolve_plan(req, model)
+    images, labels = _rows(req, model)
+    x0 = model.encode(images)
+    den = plan.denoiser
+    if req.to_prompt is not None or req.to_class is not None:
+        if req.to_prompt is not None and model.condition_kind != "prompt":
+            raise UsageError(f"{model.name} takes no prompts: use to_class or a direction")
+        if req.to_class is not None and model.condition_kind != "class":
+            raise UsageError(f"{model.name} is not class-conditional: to_class needs a class-conditional model")
+        src = conditioning(req, model, len(x0), labels)
+        if "condition" not in src:
+            raise UsageError("give classes (the source class) for inputs without labels")
+        target = model.condition([req.to_prompt] * len(x0)) if req.to_prompt is not None else \
+            torch.tensor([req.to_class] * len(x0))
+        g = src["guidance"]
+        r = swap_condition(den, x0, src["condition"], target, timesteps=plan.timesteps, guidance=g,
+                           inversion=req.inversion, refine=req.refine)
+        to = repr(req.to_prompt[:20]) if req.to_prompt is not None else str(req.to_class)
+        labels_out, outs = ["real", "reconstruction", f"→ {to}"], [x0, r.reconstruction, r.edited]
+        for s in req.strength or []:
+            outs.append(sdedit(den, x0, s, condition=target, guidance=g, timesteps=plan.timesteps, seed=req.seed))
+            labels_out.append(f"SDEdit {s:g}")
+        grid = torch.stack([_decode(model, o) for o in outs])
+        summary = {"mse": float((grid[1] - images).pow(2).mean()), "guidance": g.scale}
+        return "grid", {"grid": _np(grid)}, summary, labels_out, RunStats(), plan
+    if req.strength is not None or req.to_prompt is not None:
+        raise UsageError("strength needs to_class or to_prompt (the condition to edit towards)")
+    if model.codec is not None:
+        raise UsageError(f"{model.name}: direction edits are for pixel models; use to_prompt")
+    from ..io.inputs import load_direction
+
+    spec = req.direction or "class:3-8"
+    kw = conditioning(req, model, len(x0), labels)
+    direction = load_direction(spec, den, model.sample_shape, examples=req.examples, timesteps=plan.timesteps)
+    outs = edit(den, x0, direction, req.scales, timesteps=plan.timesteps, refine=req.refine, **kw)
+    return "grid", {"grid": _np(outs)}, {"direction": spec}, [f"{s:g}" for s in req.scales], RunStats(), plan
+
+
+def _interpolate(req: Any, model: Model, ctx: _Ctx):
+    from ..core.noise import SeededNoise
+    from ..ops.latent import interpolate
+
+    plan = resolve_plan(req, model)
+    if req.endpoints is not None:
+        ends = SeededNoise(list(req.endpoints), model.sample_shape).initial().to(plan.denoiser.device())
+        encode, labels = False, None
+    else:
+        images, labels = _rows(req, model)
+        ends, encode = model.encode(images), True
+    kw = conditioning(req, model, 1, None if labels is None else labels[:1])
+    xs = interpolate(plan.denoiser, ends[:1], ends[1:], req.n, method=req.method, encode=encode,
+                     timesteps=plan.timesteps, refine=req.refine, **kw)
+    return "frames", {"frames": _np(_decode(model, xs))}, {}, [], RunStats(), plan
+
+
+def _likelihood(req: Any, model: Model, ctx: _Ctx):
+    from ..ops.likelihood import log_likelihood
+
+    if model.codec is not None:
+        raise UsageError(f"{model.name}: likelihoods are computed for pixel models")
+    plan = resolve_plan(req, model)
+    x, labels = _rows(req, model)
+    x = x.double() if req.float64 else x
+    kw = conditioning(req, model, len(x), labels)
+    ll = log_likelihood(plan.denoiser, x, exact=req.exact, probes=req.probes, bits_per_dim=req.bits_per_dim, **kw)
+    true = model.exact_log_likelihood(x, bits_per_dim=req.bits_per_dim)
+    summary = {"mean": float(ll.mean()), "std": float(ll.std()) if ll.numel() > 1 else 0.0,
+               "unit": "bits/dim" if req.bits_per_dim else "nats",
+               "true_mean": None if true is None else float(true.mean())}
+    return "loglik", {"loglik": _np(ll)}, summary, [], RunStats(), plan
+
+
+_TASKS: dict[str, Callable[[Any, Model, _Ctx], tuple]] = {
+    "sample": _sample, "img2img": _img2img, "invert": _invert, "reconstruct": _invert, "edit": _edit,
+    "interpolate": _interpolate, "likelihood": _likelihood,
+}
+
+
+def denoiser_of(request: Any, store: ModelStore | None = None) -> Denoiser:
+    """The denoiser a request's run would use (model defaults, shift and batch invariance applied)."""
+    store = store or _DEFAULT_STORE
+    model = store.get(request.model, request.device, request.dtype, request.compile)
+    return resolve_plan(request, model).denoiser

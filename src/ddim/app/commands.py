@@ -1,0 +1,134 @@
+"""The commands that are not sampling requests: training, distillation, reflow, schedule search, demo, bench."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ..core.errors import UsageError
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..training.config import TrainConfig
+    from ..training.train import train
+
+    overrides = {"data": args.data, "model": args.model, "steps": args.steps, "batch_size": args.batch_size,
+                 "lr": args.lr, "warmup": args.warmup, "grad_clip": args.grad_clip, "ema_decay": args.ema_decay,
+                 "seed": args.seed, "prediction_type": args.prediction_type, "schedule": args.schedule,
+                 "checkpoint_every": args.checkpoint_every, "image_size": args.image_size,
+                 "hidden": args.hidden, "depth": args.depth, "label_dropout": args.label_dropout,
+                 "objective": args.objective, "time_sampling": args.time_sampling, "shift": args.shift,
+                 "conditional": True if args.conditional else None}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if given.get("objective") == "flow":
+        given.setdefault("prediction_type", "flow")
+    cfg = TrainConfig.from_file(args.config, **given) if args.config else TrainConfig.from_dict(given, "flags")
+    t0 = time.perf_counter()
+    if args.resume is not None:  # the run's saved config rules; only --steps may extend it
+        run = train(None, args.resume, resume=True, steps=args.steps)
+    elif args.out is None:
+        raise UsageError("give --out RUN_FOLDER (or --resume RUN_FOLDER)")
+    else:
+        run = train(cfg, args.out)
+    print(f"trained {run} in {time.perf_counter() - t0:.1f} s")
+    print(f"wrote {run / 'config.json'}, checkpoints in {run}/ckpt-*, loss curve {run / 'loss.png'}")
+    if (run / "diffusers").is_dir():
+        print(f"diffusers pipeline folder: {run / 'diffusers'}")
+    return 0
+
+
+
+
+def cmd_reflow(args: argparse.Namespace) -> int:
+    from ..training.config import TrainConfig
+    from ..training.reflow import reflow
+
+    given = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+                                "warmup": args.warmup, "ema_decay": args.ema_decay, "seed": args.seed,
+                                "checkpoint_every": args.checkpoint_every}.items() if v is not None}
+    cfg = TrainConfig.from_dict({**given, "objective": "flow", "prediction_type": "flow"}, "flags")
+    t0 = time.perf_counter()
+    run = reflow(args.model, args.out, n_pairs=args.pairs, pair_steps=args.pair_steps, pair_sampler=args.pair_sampler,
+                 train_config=cfg)
+    print(f"reflowed {args.model} in {time.perf_counter() - t0:.1f} s: run {run}")
+    if (run / "diffusers").is_dir():
+        print(f"diffusers pipeline folder: {run / 'diffusers'}")
+    return 0
+
+
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from ..training.distill import consistency_distill, package, progressive_distill
+
+    t0 = time.perf_counter()
+    if args.method == "consistency":
+        run = consistency_distill(args.model, args.out, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
+                                  seed=args.seed, data=args.data)
+        print(f"distilled {args.model} in {time.perf_counter() - t0:.1f} s: {run / 'diffusers'}")
+        return 0
+    rounds = progressive_distill(args.model, args.out, start_steps=args.start_steps, final_steps=args.final_steps,
+                                 iters=args.iters, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                 data=args.data, teacher_solver=args.teacher_solver,
+                                 teacher_substeps=args.teacher_substeps)
+    kept = tuple(k for k in (1, 2, 4) if args.final_steps <= k < args.start_steps)
+    model = package(rounds, rounds / "model", kept)
+    print(f"distilled {args.model} in {time.perf_counter() - t0:.1f} s; rounds in {rounds}")
+    print(f"model folder (students for its step counts): {model}")
+    return 0
+
+
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from ..io.loader import load_model
+    from ..io.schedule_file import FILE, write_schedule
+    from ..ops.optimize import search_schedule
+
+    model = load_model(args.model)
+    out = Path(args.out) if args.out else (model.folder / FILE if model.folder is not None else None)
+    if out is None:
+        raise UsageError(f"{model.name} has no folder for {FILE}: give --out FILE")
+    kw = {}
+    if args.method == "ays":
+        from ..io.data import load as load_data
+
+        if args.data is None:
+            raise UsageError("--method ays needs --data: samples of the data the model was trained on")
+        kw["x_data"] = load_data(args.data)
+    elif args.data is not None:
+        raise UsageError("--data is for --method ays (the other searches start from noise)")
+    t0 = time.perf_counter()
+    r = search_schedule(model.denoiser, args.nfe, args.sampler, method=args.method, n_cal=args.n_cal,
+                        progress=True, **kw)
+    write_schedule(out, model.denoiser, r, args.method, args.n_cal)
+    print(f"{args.method} schedule for {args.sampler} at NFE {args.nfe}: {[round(t, 4) for t in r.timesteps.tolist()]}"
+          f" in {time.perf_counter() - t0:.1f} s")
+    print(f"calibration error {r.error_optimized:.4g} (best fixed spacing {r.error_start:.4g}; calibration batch "
+          f"{args.n_cal}: judge it on another batch, e.g. ddim bench fewstep)")
+    print(f"wrote {out}; use it with --spacing optimised")
+    return 0
+
+
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, train_steps=args.train_steps, n=args.n, quick=args.quick)
+    return 0
+
+
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ..bench.suites import run
+
+    command = "ddim " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else f"ddim bench {args.suite}"
+    run(args.suite, args.out, quick=args.quick, command=command, device=args.device, n=args.n,
+        steps_list=args.steps_list, steps=args.steps, seeds=args.seeds, reflowed=args.reflowed, model=args.model)
+    return 0
+
+

@@ -1,0 +1,241 @@
+"""The model contract: what a loaded model offers every front end (CLI, request API, server).
+
+A `Model` is immutable after load and safe to share between threads and concurrent runs: its conditions and
+how they are encoded, its latent codec (identity for pixel models), its denoiser(s) — distilled students are
+separate denoisers, never weights swapped into a shared network —, its measured sampling defaults and its
+fingerprint. Formats (`ddim.io.formats`) build one; nothing assigns to it afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ..core.errors import UsageError
+from ..core.prediction import Denoiser
+
+#: what a model may be conditioned on
+CONDITION_KINDS = ("class", "prompt")
+
+
+class Codec(Protocol):
+    """Images ⇄ the space the denoiser works in."""
+
+    image_shape: tuple[int, ...]
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class IdentityCodec:
+    """A pixel-space model: images are the samples."""
+
+    image_shape: tuple[int, ...]
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        if tuple(images.shape[1:]) != self.image_shape:
+            raise UsageError(f"inputs have sample shape {tuple(images.shape[1:])}, the model takes "
+                             f"{self.image_shape}")
+        return images
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """What a run uses after the model's defaults are applied: the denoiser (a distilled student, or the
+    model's own), the sampler, the spacing or an explicit step list, and the number of steps."""
+
+    denoiser: Denoiser
+    sampler: str
+    spacing: str | None
+    steps: int
+    timesteps: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """A model's measured defaults: the best sampler and spacing per NFE budget (sampling.json, from
+    `ddim bench flow`), a consistency sampler for LCM/TCD models, the default guidance scale."""
+
+    nfe: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
+    sampler: str | None = None
+    spacing: str | None = None
+    guidance: float = 1.0
+    #: distilled models: the sampler and spacing their students were trained for
+    student_sampler: str = "ddim"
+    student_spacing: str | None = None
+
+    def best_for(self, nfe: int) -> dict[str, Any]:
+        """The winner at the largest measured NFE within the budget, with as many steps as the budget allows."""
+        fits = [k for k in self.nfe if k <= nfe]
+        if not fits:
+            return {}
+        from ..core.samplers import get_sampler
+
+        best = dict(self.nfe[max(fits)])
+        best["steps"] = get_sampler(best["sampler"]).steps_for_nfe(nfe)
+        return best
+
+
+@dataclass(frozen=True, eq=False)
+class Model:
+    """A loaded model (see the module docstring). `sample_shape` is the denoiser's (latent) sample shape."""
+
+    name: str
+    format: str
+    denoiser: Denoiser
+    sample_shape: tuple[int, ...]
+    condition_kind: str | None = None
+    codec: Codec | None = None
+    #: prompt models: an object with `condition(prompts) -> network kwargs` (the text encoders)
+    encoder: Any = None
+    defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
+    students: Mapping[int, Denoiser] = field(default_factory=dict)
+    folder: Path | None = None
+    #: exact mixtures: the ground-truth distribution (exact log-likelihood)
+    mixture: Any = None
+
+    # ------------------------------------------------------------------------------ images ⇄ samples
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return self.sample_shape
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return self.codec.image_shape if self.codec is not None else self.sample_shape
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images → the denoiser's space (identity for pixel models)."""
+        return images if self.codec is None else self.codec.encode(images)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """The denoiser's space → images (identity for pixel models)."""
+        return latents if self.codec is None else self.codec.decode(latents)
+
+    def shape_for(self, size: tuple[int, int] | None) -> tuple[int, ...]:
+        """The denoiser's sample shape for images of `size` (height, width); None: the model's own size.
+        Pixel models make their own size only; latent models any multiple of the codec's scale."""
+        if size is None:
+            return self.sample_shape
+        h, w = size
+        own = self.image_shape
+        if len(own) != 3:
+            raise UsageError(f"{self.name} makes {own} samples, not images: it takes no size")
+        if self.codec is None:
+            if (h, w) != own[1:]:
+                raise UsageError(f"{self.name} makes {own[1]}×{own[2]} images, not {h}×{w}")
+            return self.sample_shape
+        f = own[-1] // self.sample_shape[-1]
+        if h % f or w % f:
+            raise UsageError(f"{self.name}: size must be a multiple of {f} (its latent scale), got {h}×{w}")
+        return (self.sample_shape[0], h // f, w // f)
+
+    # ------------------------------------------------------------------------------------- conditions
+    def condition(self, value: Any) -> dict[str, torch.Tensor]:
+        """Network keyword arguments for per-sample class labels or prompts."""
+        if self.condition_kind == "prompt":
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, Sequence) or not all(isinstance(p, str) for p in value):
+                raise UsageError(f"{self.name} takes prompts (strings), not {type(value).__name__}")
+            return self.encoder.condition(list(value))
+        if self.condition_kind == "class":
+            return self.denoiser.conditioning.condition(value)
+        raise UsageError(f"{self.name} is unconditional: it takes neither classes nor prompts")
+
+    # --------------------------------------------------------------------------------- sampling plan
+    def denoiser_for(self, steps: int) -> Denoiser:
+        """The denoiser a run of `steps` steps uses: a distilled student when the model has them (other step
+        counts are refused), else the model's own."""
+        if not self.students:
+            return self.denoiser
+        if steps not in self.students:
+            have = ", ".join(str(k) for k in sorted(self.students))
+            raise UsageError(f"{self.name} was distilled for {have} steps, not {steps}: use --steps {have}")
+        return self.students[steps]
+
+    def plan(self, steps: int, sampler: str | None = None, spacing: str | None = None,
+             timesteps: Sequence[float] | None = None) -> SamplingPlan:
+        """The run's sampler, spacing and steps: as given, or — with no sampler named — the model's measured best
+        within a budget of `steps` network evaluations (ddim with `steps` steps when it has no table). An
+        explicit `timesteps` list fixes the steps."""
+        if timesteps is not None:
+            ts = self.denoiser.path.validate_timesteps(timesteps)
+            return SamplingPlan(self.denoiser_for(len(ts)), sampler or "ddim", None, len(ts), ts)
+        if self.students:
+            d = self.defaults
+            return SamplingPlan(self.denoiser_for(steps), sampler or d.student_sampler, spacing or d.student_spacing,
+                                steps)
+        if sampler is not None:
+            return SamplingPlan(self.denoiser, sampler, spacing, steps)
+        best = self.defaults.best_for(steps)
+        if best:
+            return SamplingPlan(self.denoiser, best["sampler"], spacing or best.get("spacing"), int(best["steps"]))
+        if self.defaults.sampler is not None:  # a model shipped with LCM/TCD scheduling samples that way
+            return SamplingPlan(self.denoiser, self.defaults.sampler, spacing or self.defaults.spacing, steps)
+        return SamplingPlan(self.denoiser, "ddim", spacing, steps)
+
+    def resolve_sampling(self, steps: int, sampler: str | None = None, spacing: str | None = None
+                         ) -> tuple[str, str | None, int]:
+        """(sampler, spacing, steps) of `plan`."""
+        p = self.plan(steps, sampler, spacing)
+        return p.sampler, p.spacing, p.steps
+
+    # ------------------------------------------------------------------------------------- identity
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 over every network's weights (students, encoders, codec included), prediction options and
+        noise levels: what provenance and shard manifests record."""
+        h = hashlib.sha256(self.format.encode())
+        for den in (self.denoiser, *(self.students[k] for k in sorted(self.students))):
+            h.update(denoiser_fingerprint(den).encode())
+        for part in (self.codec, self.encoder):
+            for m in _modules(part):
+                _hash_state(h, m)
+        return h.hexdigest()
+
+    def exact_log_likelihood(self, x: torch.Tensor, bits_per_dim: bool = False) -> torch.Tensor | None:
+        """The true log-density of x at the model's lowest level, for exact mixtures; None for trained models."""
+        if self.mixture is None:
+            return None
+        path = self.denoiser.path
+        a = path.alpha_sigma(path.t_range[0])[0] ** 2
+        ll = self.mixture.log_prob(x.double(), a)
+        return -ll / (x[0].numel() * math.log(2)) if bits_per_dim else ll
+
+
+def _modules(part: Any) -> list[torch.nn.Module]:
+    if part is None:
+        return []
+    return [v for v in vars(part).values() if isinstance(v, torch.nn.Module)] if hasattr(part, "__dict__") else []
+
+
+def _hash_state(h: Any, module: torch.nn.Module) -> None:
+    sd = module.state_dict()
+    for k in sorted(sd):
+        h.update(k.encode())
+        h.update(sd[k].detach().cpu().float().contiguous().numpy().tobytes())
+
+
+def denoiser_fingerprint(den: Denoiser) -> str:
+    """sha256 over a denoiser's network weights, prediction options and noise levels."""
+    h = hashlib.sha256()
+    h.update(f"{type(den.net).__name__}|{den.prediction_type}|{den.clip_sample}|{den.thresholding}".encode())
+    h.update(repr(den.path).encode())
+    lo, hi = den.path.t_range
+    h.update(np.asarray([den.path.alpha_sigma(t) for t in np.linspace(lo, hi, 64)]).tobytes())
+    if isinstance(den.net, torch.nn.Module):
+        _hash_state(h, den.net)
+    return h.hexdigest()
