@@ -235,3 +235,41 @@ def test_memory_verdict_per_implementation():
     assert "diffusers: DDIM 30–35 % below DDPM's 20.0 MB, the claim holds" in text
     assert "at most 7.0 MB" in text
     assert "below 5 MB" in _memory_verdict({"mem_ours": 2.0, "mem_theirs": 30.0}, rows)
+
+
+def test_prompt_requests_are_batch_invariant_bit_for_bit(sd):
+    """A prompt request inside a batch (mixed prompts, CFG doubled) gives the bits of the same sample alone."""
+    from ddim.api import ModelStore, parse_request, run
+
+    store = ModelStore()
+    base = {"task": "sample", "model": str(sd), "steps": 3, "sampler": "dpmpp_2m", "batch_invariant": True,
+            "guidance": {"scale": 5.0}, "negative_prompt": "ugly"}
+    batch = run(parse_request({**base, "prompt": ["a cat", "a dog", "a cow"], "n": 35}), store).main
+    alone = run(parse_request({**base, "prompt": ["a dog"], "seeds": [34]}), store).main
+    assert np.array_equal(batch[34], alone[0])  # sample 34 had prompt 34 mod 3 = 1: "a dog"
+
+
+@pytest.mark.parametrize("argv", [
+    ["sample", "--prompt", "a cat", "--negative-prompt", "blurry", "--guidance", "7.5", "--steps", "3", "--sampler",
+     "dpmpp_2m", "--seed", "0", "-n", "2", "--dtype", "bfloat16"],
+    ["sample", "--prompt", "a cat", "--steps", "2", "-n", "1", "--size", "16", "24"],
+])
+def test_prompt_commands_as_flags_and_as_request_json_give_identical_bits(sd, argv, tmp_path, capsys):
+    from ddim.app.cli import main
+
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    assert main([argv[0], "--model", str(sd), *argv[1:], "--out", str(a)]) == 0
+    capsys.readouterr()
+    assert main([argv[0], "--model", str(sd), *argv[1:], "--print-request"]) == 0
+    (tmp_path / "r.json").write_text(capsys.readouterr().out)
+    assert main(["run", str(tmp_path / "r.json"), "--out", str(b)]) == 0
+    assert np.array_equal(np.load(a), np.load(b))
+    if "--size" in argv:
+        assert np.load(a).shape == (1, 3, 16, 24)
+
+
+def test_a_size_off_the_latent_grid_is_refused(sd):
+    from ddim.api import parse_request, run
+
+    with pytest.raises(UsageError, match="multiple of 2"):
+        run(parse_request({"task": "sample", "model": str(sd), "prompt": ["a cat"], "n": 1, "size": [15, 16]}))

@@ -75,13 +75,14 @@ def run(request: Any, store: ModelStore | None = None, *, preview: Callable[[Pre
     handler = _TASKS[request.task]
     with torch.no_grad():
         out, arrays, summary, labels, stats, plan = handler(request, model, _Ctx(preview, shards, dist, progress))
+    seconds = time.perf_counter() - t0
     prov = {"request": request.model_dump(mode="json"), "model": {"name": model.name, "format": model.format,
                                                                    "fingerprint": model.fingerprint},
             "plan": {"sampler": plan.sampler, "spacing": plan.spacing, "steps": plan.steps,
                      "timesteps": None if plan.timesteps is None else plan.timesteps.tolist(),
                      "chunk": plan.denoiser.chunk},
             "versions": versions()}
-    return Result(request.task, out, arrays, stats, prov, summary, labels, time.perf_counter() - t0)
+    return Result(request.task, out, arrays, stats, prov, summary, labels, seconds)
 
 
 @dataclass(frozen=True)

@@ -168,10 +168,39 @@ def solver_overhead(steps: int = 20, repeat: int = 7, device: str = "cpu") -> st
     return "\n".join(lines)
 
 
+def invariance_cost(steps: int = 20, repeat: int = 3, device: str = "cpu", quick: bool = False,
+                    chunks: tuple[int, ...] = (8, 16, 32, 64)) -> str:
+    """Wall time of batch-invariant DDIM (fixed-size network calls of `chunk` rows, the last chunk padded)
+    over the plain mode's, per model, batch and chunk size: the price of bit-identical samples across batches."""
+    from ..core.sample import BATCH_INVARIANT_CHUNK, sample
+    from ..models import MLP
+    from ..models.unet import small_unet
+
+    torch.manual_seed(0)
+    models = [("mlp", MLP(2, 128, 3).eval().to(device), (2,))]
+    if not quick:
+        models.append(("unet8x8", small_unet(8, 1).eval().to(device), (1, 8, 8)))
+    chunks = (BATCH_INVARIANT_CHUNK,) if quick else chunks
+    lines = ["| model | batch | plain (ms) | " + " | ".join(f"chunk {c} (× plain)" for c in chunks) + " |",
+             "|---|---:|---:|" + "---:|" * len(chunks)]
+    for name, net, shape in models:
+        den = Denoiser(net, NoiseSchedule.linear(1000))
+        for b in (1, 8) if quick else (1, 8, 64):
+            def go(inv: bool | int, b: int = b, den: Denoiser = den, shape: tuple[int, ...] = shape) -> None:
+                sample(den, (b, *shape), steps=steps, device=device, batch_invariant=inv)
+            with torch.no_grad():
+                plain = _timeit(lambda: go(False), repeat)
+                cells = [_timeit(lambda c=c: go(c), repeat) / plain for c in chunks]
+            lines.append(f"| {name} | {b} | {plain * 1e3:.2f} | " + " | ".join(f"{v:.2f}" for v in cells) + " |")
+    return "\n".join(lines)
+
+
 def overhead_report(quick: bool = False, steps: int = 50, device: str = "cpu") -> str:
     """The `ddim bench overhead` report body: DDIM/DDPM vs diffusers per model and batch, then the multistep solvers."""
     repeat = 3 if quick else 7
     rows = overhead(steps=steps, repeat=repeat, device=device, include_unet=not quick,
                     batches=(1,) if quick else (1, 1024))
     text = format_overhead(rows, ddpm_vs_ddim(device=device, repeat=1 if quick else 3))
-    return text + "\n\n" + solver_overhead(steps=steps, repeat=repeat, device=device)
+    inv = invariance_cost(steps=20, repeat=repeat, device=device, quick=quick)
+    return (text + "\n\n" + solver_overhead(steps=steps, repeat=repeat, device=device)
+            + "\n\nBatch-invariant mode (DDIM, 20 steps; wall time over the plain mode's, same run):\n\n" + inv)

@@ -112,6 +112,13 @@ def _fewstep(o: BenchOptions) -> str:
     return fewstep_bench(o.out, o.quick, o.command, n=o.n, seeds=o.seeds, consistency=o.model, reflowed=o.reflowed)
 
 
+@suite("startup")
+def _startup(o: BenchOptions) -> str:
+    from .startup import startup_report
+
+    return startup_report(o.quick, o.command)
+
+
 def run(name: str, out: str | Path, *, quick: bool = False, command: str = "", **flags: Any) -> Path:
     """Run one suite and write its report (and figures) into `out`; prints the report and where it went."""
     from ..core.errors import UsageError
