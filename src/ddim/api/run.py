@@ -16,7 +16,7 @@ import torch
 
 from ..core.errors import UsageError
 from ..core.guidance import GUIDANCE_RULES, Guidance
-from ..core.prediction import Denoiser
+from ..core.prediction import Denoiser, fixed_rows
 from ..core.run import RunStats, StepInfo
 from ..core.sample import invariant, resolve_timesteps
 from ..models.contract import Model, SamplingPlan
@@ -173,7 +173,7 @@ def _preview_callback(req: Any, model: Model, ctx: _Ctx, steps: int) -> Callable
 
     def cb(info: StepInfo) -> None:
         if info.denoised is not None and ((info.i + 1) % k == 0 or info.i + 1 == steps):
-            ctx.preview(Preview(info.i + 1, steps, model.decode(info.denoised)))
+            ctx.preview(Preview(info.i + 1, steps, _decode(model, info.denoised, None)))
     return cb
 
 
@@ -181,10 +181,20 @@ def _sampling_kw(req: Any, plan: SamplingPlan) -> dict[str, Any]:
     return {"sampler": plan.sampler, "timesteps": plan.timesteps, **req.options}
 
 
-def _decode(model: Model, z: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    if model.codec is None:
-        return z
-    return torch.cat([model.decode(z[a:a + batch]) for a in range(0, z.shape[0], batch)])
+def _codec_chunk(invariant: Any, n: int) -> int | None:
+    """Rows per VAE call: one under batch invariance (exactly invariant, and no padding of a costly network),
+    else up to 64."""
+    return 1 if invariant else (64 if n > 64 else None)
+
+
+def _decode(model: Model, z: torch.Tensor, invariant: Any) -> torch.Tensor:
+    """Latents → images (the VAE is a batched network too: fixed-size calls under batch invariance)."""
+    return z if model.codec is None else fixed_rows(model.decode, z, _codec_chunk(invariant, z.shape[0]))
+
+
+def _encode(model: Model, images: torch.Tensor, invariant: Any) -> torch.Tensor:
+    return images if model.codec is None else fixed_rows(model.encode, images, _codec_chunk(invariant,
+                                                                                           images.shape[0]))
 
 
 def _np(x: torch.Tensor) -> np.ndarray:
@@ -214,7 +224,7 @@ def _sample(req: Any, model: Model, ctx: _Ctx):
                         shard_folder=shards, dist=ctx.dist, progress=ctx.progress, callback=cb, device=device, **kw)
     if z is None:  # another torchrun rank: rank 0 holds the samples
         return "samples", {}, {}, [], stats, plan
-    images = _np(_decode(model, torch.from_numpy(z).to(device))) if model.codec is not None else z
+    images = _np(_decode(model, torch.from_numpy(z).to(device), den.chunk)) if model.codec is not None else z
     return "samples", {"samples": images}, {}, [], stats, plan
 
 
@@ -223,12 +233,13 @@ def _img2img(req: Any, model: Model, ctx: _Ctx):
 
     plan = resolve_plan(req, model)
     images, labels = _rows(req, model)
-    x0 = model.encode(images)
+    x0 = _encode(model, images, plan.denoiser.chunk)
     kw = conditioning(req, model, len(x0), labels)
     out, stats = sdedit(plan.denoiser, x0, req.strength, timesteps=plan.timesteps, sampler=plan.sampler,
                         seed=req.seed, return_stats=True, callback=_preview_callback(req, model, ctx, plan.steps),
                         **req.options, **kw)
-    return "samples", {"samples": _np(_decode(model, out)), "inputs": _np(images)}, {}, [], stats, plan
+    samples = _np(_decode(model, out, plan.denoiser.chunk))
+    return "samples", {"samples": samples, "inputs": _np(images)}, {}, [], stats, plan
 
 
 def _invert(req: Any, model: Model, ctx: _Ctx):
@@ -237,13 +248,13 @@ def _invert(req: Any, model: Model, ctx: _Ctx):
 
     plan = resolve_plan(req, model)
     images, labels = _rows(req, model)
-    x0 = model.encode(images)
+    x0 = _encode(model, images, plan.denoiser.chunk)
     kw = conditioning(req, model, len(x0), labels)
     z, stats = invert(plan.denoiser, x0, timesteps=plan.timesteps, refine=req.refine, return_stats=True, **kw)
     rec, st2 = sample(plan.denoiser, x_T=z, timesteps=plan.timesteps, return_stats=True, progress=ctx.progress,
                       callback=_preview_callback(req, model, ctx, plan.steps), **kw)
     stats.nfe += st2.nfe
-    rec_img = _decode(model, rec)
+    rec_img = _decode(model, rec, plan.denoiser.chunk)
     summary = {"mse": float((rec - x0).pow(2).mean()), "data_var": float(x0.var()), **normality(z),
                "image_mse": float((rec_img - images).pow(2).mean())}
     arrays = {"encodings": _np(z), "reconstruction": _np(rec_img), "inputs": _np(images)}
@@ -256,7 +267,7 @@ def _edit(req: Any, model: Model, ctx: _Ctx):
 
     plan = resolve_plan(req, model)
     images, labels = _rows(req, model)
-    x0 = model.encode(images)
+    x0 = _encode(model, images, plan.denoiser.chunk)
     den = plan.denoiser
     if req.to_prompt is not None or req.to_class is not None:
         if req.to_prompt is not None and model.condition_kind != "prompt":
@@ -276,7 +287,7 @@ def _edit(req: Any, model: Model, ctx: _Ctx):
         for s in req.strength or []:
             outs.append(sdedit(den, x0, s, condition=target, guidance=g, timesteps=plan.timesteps, seed=req.seed))
             labels_out.append(f"SDEdit {s:g}")
-        grid = torch.stack([_decode(model, o) for o in outs])
+        grid = torch.stack([_decode(model, o, den.chunk) for o in outs])
         summary = {"mse": float((grid[1] - images).pow(2).mean()), "guidance": g.scale}
         return "grid", {"grid": _np(grid)}, summary, labels_out, RunStats(), plan
     if req.strength is not None or req.to_prompt is not None:
@@ -302,11 +313,11 @@ def _interpolate(req: Any, model: Model, ctx: _Ctx):
         encode, labels = False, None
     else:
         images, labels = _rows(req, model)
-        ends, encode = model.encode(images), True
+        ends, encode = _encode(model, images, plan.denoiser.chunk), True
     kw = conditioning(req, model, 1, None if labels is None else labels[:1])
     xs = interpolate(plan.denoiser, ends[:1], ends[1:], req.n, method=req.method, encode=encode,
                      timesteps=plan.timesteps, refine=req.refine, **kw)
-    return "frames", {"frames": _np(_decode(model, xs))}, {}, [], RunStats(), plan
+    return "frames", {"frames": _np(_decode(model, xs, plan.denoiser.chunk))}, {}, [], RunStats(), plan
 
 
 def _likelihood(req: Any, model: Model, ctx: _Ctx):

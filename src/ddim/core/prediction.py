@@ -59,6 +59,16 @@ def _batched(v: Any, n: int) -> bool:
     return isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == n
 
 
+def fixed_rows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, chunk: int | None) -> torch.Tensor:
+    """fn over the rows of x in calls of exactly `chunk` rows (the last chunk padded), or in one call when
+    chunk is None: the batch-invariant way to run any batched network (VAE, encoders)."""
+    n = x.shape[0]
+    if chunk is None or n == chunk:
+        return fn(x)
+    outs = [fn(_rows_padded(x, a, min(n, a + chunk), chunk))[: min(n, a + chunk) - a] for a in range(0, n, chunk)]
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
 def _rows_padded(v: torch.Tensor, a: int, b: int, c: int) -> torch.Tensor:
     """Rows a..b of v, padded to c rows by repeating the last one (the padding's outputs are dropped)."""
     part = v[a:b]

@@ -94,18 +94,16 @@ class LatentDiffusion:
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """(len(prompts), L, D) text embeddings; each distinct prompt is encoded once (cached)."""
+        """(len(prompts), L, D) text embeddings; each distinct prompt is encoded once, alone (cached)."""
         if isinstance(prompts, str):
             prompts = [prompts]
         with self._lock:
-            todo = [p for p in dict.fromkeys(prompts) if p not in self._cache]
-            if todo:
-                ids = self.tokenizer(todo, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                     truncation=True, return_tensors="pt").input_ids
-                dev = next(self.text_encoder.parameters()).device
-                emb = self.text_encoder(ids.to(dev))[0]
-                for p, e in zip(todo, emb):
-                    self._cache[p] = e
+            dev = next(self.text_encoder.parameters()).device
+            for p in dict.fromkeys(prompts):  # one prompt per call: its embedding never depends on the others
+                if p not in self._cache:
+                    ids = self.tokenizer([p], padding="max_length", max_length=self.tokenizer.model_max_length,
+                                         truncation=True, return_tensors="pt").input_ids
+                    self._cache[p] = self.text_encoder(ids.to(dev))[0][0]
             return torch.stack([self._cache[p] for p in prompts])
 
     def condition(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
