@@ -98,7 +98,7 @@ def test_consistency_samplers_match_diffusers_lcm_and_tcd(steps, kind, option):
     ref = (LCMScheduler if kind == "lcm" else TCDScheduler)()
     ref.set_timesteps(steps)
     den = denoiser_from_config(net, dict(ref.config))
-    ts = den.schedule.timesteps(steps, "lcm")
+    ts = den.path.timesteps(steps, "lcm")
     assert ts.tolist() == ref.timesteps.tolist()
     x_T = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     g = torch.Generator().manual_seed(5)
@@ -143,8 +143,8 @@ def test_gits_plus_coordinate_descent_halves_the_held_out_error_on_a_3d_mixture(
     r = search_schedule(d, 10, "unipc", method="gits+cd", n_cal=512)
     held = SeededNoise(range(5000, 5512), (3,), dtype=torch.float64).initial()
     ref = reference_solution(d, held)
-    best_fixed = min(schedule_error(d, "unipc", d.schedule.timesteps(10, sp), held, ref)
-                     for sp in _spacings(d.schedule, 10))
+    best_fixed = min(schedule_error(d, "unipc", d.path.timesteps(10, sp), held, ref)
+                     for sp in _spacings(d.path, 10))
     assert best_fixed / schedule_error(d, "unipc", r.timesteps, held, ref) >= 2.0
 
 

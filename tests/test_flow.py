@@ -136,7 +136,7 @@ def test_every_sampler_converges_on_the_exact_flow_model(name):
     ref = pf_ode_reference(MIX, x_vp, abar)
     x_T = x_vp / math.sqrt(abar) * a
     steps, spacing = ((10, 20), "uniform") if name == "rk4" else ((40, 80), "logsnr")
-    errs = [float((sample(d, x_T=x_T, timesteps=d.schedule.timesteps(n, spacing), sampler=name) - ref)
+    errs = [float((sample(d, x_T=x_T, timesteps=d.path.timesteps(n, spacing), sampler=name) - ref)
                   .pow(2).mean().sqrt()) for n in steps]
     assert math.log2(errs[0] / errs[1]) > order - 0.5, errs
 
@@ -155,7 +155,7 @@ def test_every_sampler_runs_from_pure_noise():
 def test_flow_inversion_naive_vs_refined():
     d = _flow_den(t_max=0.98)
     x0 = MIX.sample(32, generator=torch.Generator().manual_seed(4))
-    ts = d.schedule.timesteps(20, "logsnr")
+    ts = d.path.timesteps(20, "logsnr")
     errs = {k: float((sample(d, x_T=invert(d, x0, timesteps=ts, refine=k), timesteps=ts) - x0).pow(2).mean())
             for k in (0, 6)}
     assert errs[6] < errs[0] / 1e4
@@ -181,9 +181,9 @@ def test_flow_likelihood_matches_the_exact_density():
 @pytest.mark.parametrize("call,match", [
     (lambda: FlowShift(0.0), "shift"),
     (lambda: FlowShift(-2.0), "shift"),
-    (lambda: _flow_den().schedule.validate_timesteps([0.5, 0.7]), "decreasing"),
-    (lambda: _flow_den().schedule.validate_timesteps([1.2, 0.5]), "lie in"),
-    (lambda: _flow_den().schedule.validate_timesteps([0.5, 0.0]), "lie in"),
+    (lambda: _flow_den().path.validate_timesteps([0.5, 0.7]), "decreasing"),
+    (lambda: _flow_den().path.validate_timesteps([1.2, 0.5]), "lie in"),
+    (lambda: _flow_den().path.validate_timesteps([0.5, 0.0]), "lie in"),
     (lambda: sample(_flow_den(), (2, 2), spacing="leading"), "spacing"),
     (lambda: sample(_flow_den(), (2, 2), sampler="ddpm", variance_type="learned"), "variance_type"),
 ])
@@ -202,7 +202,7 @@ def test_flow_training_run_and_its_diffusers_folder_sample(tmp_path):
                 log=lambda *a: None)
     for spec in (run, run / "diffusers"):
         d = load_model(spec).denoiser
-        assert d.prediction_type == "flow" and d.schedule.kind == "flow"
+        assert d.prediction_type == "flow" and d.path.kind == "flow"
         x = sample(d, (2, 1, 8, 8), steps=4)
         assert torch.isfinite(x).all()
     with pytest.raises(UsageError, match="flow"):
@@ -217,7 +217,7 @@ def test_dynamic_shift_folder_takes_mu_from_the_sample_size(tmp_path):
     export_diffusers(_tiny_unet(), {"_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": True},
                      tmp_path / "m")
     d = load_model(tmp_path / "m").denoiser
-    assert d.schedule.flow_shift.mu == pytest.approx(calculate_shift(16))
+    assert d.path.flow_shift.mu == pytest.approx(calculate_shift(16))
     assert torch.isfinite(sample(d, (1, 1, 8, 8), steps=3)).all()
 
 

@@ -64,7 +64,7 @@ def test_inversion_bad_input(mix_setup):
         invert(den, x0, 0)
     with pytest.raises(ValueError, match="takes"):
         invert(den, torch.randn(3, 5, dtype=torch.float64), 10)
-    clipped = Denoiser(den.net, den.schedule, clip_sample=1.0)
+    clipped = Denoiser(den.net, den.path, clip_sample=1.0)
     with pytest.raises(ValueError, match="clipping"):
         invert(clipped, x0, 10)
 
@@ -132,4 +132,4 @@ def test_sample_of_inversion_uses_same_top_timestep(mix_setup):
     _, den, x0 = mix_setup
     seen = []
     invert(den, x0[:3], 20, callback=lambda d: seen.append(d.t))
-    assert seen == sorted(seen) and seen[-1] == int(den.schedule.timesteps(20)[0])
+    assert seen == sorted(seen) and seen[-1] == int(den.path.timesteps(20)[0])

@@ -52,7 +52,7 @@ def test_diffusers_dpmpp_3m_is_only_second_order(uniform_lambda):
     coefficient α(1 - 2(h-1+e^{-h})/h²) for D2 ≈ h² x̂0''/2, so its local error stays O(h³): second order.
     Same grid, same timesteps, same final level: ours converges at third order, theirs at second."""
     den, x_T, _ = uniform_lambda
-    sched = den.schedule
+    sched = den.path
     abar = sched.alphas_cumprod
     mix = den.net.mixture
     errs_ours, errs_theirs = [], []

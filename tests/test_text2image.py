@@ -79,7 +79,7 @@ def test_ddim_eta_one_matches_the_pipeline_with_the_same_noise(sd):
                       generator=torch.Generator().manual_seed(11), output_type="latent").images
     lp = load_model(sd)
     den = bind(lp.denoiser, lp.condition(["a cat", "a dog"]), 5.0)
-    ts = den.schedule.timesteps(8, "trailing")
+    ts = den.path.timesteps(8, "trailing")
     with torch.no_grad():
         ours = SAMPLERS["ddim"](den, x, ts, generator=torch.Generator().manual_seed(11), eta=1.0)
     assert _rel(ours, theirs) <= 1e-4
@@ -219,7 +219,7 @@ def test_zero_terminal_snr_v_prediction_folder_matches_the_pipeline(tmp_path, sa
         theirs = pipe(["a cat", "a dog"], num_inference_steps=8, guidance_scale=5.0, latents=x.clone(),
                       output_type="latent").images
     lp = load_model(folder)
-    assert lp.denoiser.schedule.alpha_bar(999) == 0.0
+    assert lp.denoiser.path.alpha_bar(999) == 0.0
     _, ours = text_to_image(lp, ["a cat", "a dog"], guidance=5.0, steps=8, sampler=sampler, latents=x,
                             return_latents=True)
     assert _rel(ours, theirs) <= (1e-4 if sampler == "ddim" else 2e-3)

@@ -53,7 +53,7 @@ def run_demo(out: str | Path, *, train_steps: int = 3000, n: int = 1000, quick: 
     train(cfg, run, resume=resume, steps=train_steps, progress=True, log=log)
     train_s = time.perf_counter() - t0
     den, run_cfg = load_run_denoiser(run)
-    sched = den.schedule
+    sched = den.path
     untrained = Denoiser(_untrained_like(run_cfg), sched, sample_shape=(2,))
     from ..io.data import load as load_data
 

@@ -31,7 +31,7 @@ def _samples(den: Any, n: int, seed0: int, sampler: str, spacing: str, steps: in
 
 def best_for_nfe(den: Any, judge: Any, nfe: int, n_cal: int) -> tuple[str, str, int, float]:
     """(sampler, spacing, steps, calibration FD) with the lowest class-balanced FD within `nfe` evaluations."""
-    kind = "grid" if den.schedule.grid else "flow"
+    kind = "grid" if den.path.grid else "flow"
     best = None
     for name in SAMPLER_CANDIDATES:
         spec = SAMPLERS[name]

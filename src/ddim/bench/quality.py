@@ -185,7 +185,7 @@ def speed(out: Path, quick: bool, command: str, device: str = "cpu") -> str:
     steps = 10 if quick else 50
     repeat = 1 if quick else 3
     x = torch.randn(b, 1, 8, 8, device=device)
-    sched = den.schedule
+    sched = den.path
     cuda = device.startswith("cuda")
 
     def timed(fn: Any) -> float:

@@ -153,11 +153,13 @@ def _batch_of(cond: Condition, n: int) -> dict[str, torch.Tensor]:
 
 
 class Conditioned(Denoiser):
-    """A Denoiser with a bound condition and guidance, for one run (it keeps APG's momentum and CFG++'s last
+    """A Denoiser with a bound condition and guidance (it holds the base and calls the network through it), for
+    one run (it keeps APG's momentum and CFG++'s last
     unconditional output, so `for_run()` gives each run a fresh copy)."""
 
     def __init__(self, base: Denoiser, condition: Condition, uncond: Condition | None, guidance: Guidance) -> None:
-        self.__dict__.update(base.__dict__)  # the same network, path, prediction options and memo tables
+        super().__init__(**base.fields())  # the base's network, path and prediction options
+        self._affine, self._t_cache = base._affine, base._t_cache  # and its memo tables
         self.base = base
         self.condition = dict(condition)
         self.uncond = None if uncond is None else dict(uncond)
@@ -181,7 +183,7 @@ class Conditioned(Denoiser):
     def scale_at(self, t: float) -> float:
         w = self._scale.get(t)
         if w is None:
-            w = self._scale[t] = self.guidance.scale_at(*self.schedule.alpha_sigma(t))
+            w = self._scale[t] = self.guidance.scale_at(*self.path.alpha_sigma(t))
         return w
 
     def branches(self, t: float) -> int:

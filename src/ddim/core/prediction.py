@@ -83,7 +83,7 @@ class Denoiser:
     def __init__(
         self,
         net: Callable[..., Any] | None,
-        schedule: NoisePath,
+        path: NoisePath,
         prediction_type: str = "epsilon",
         clip_sample: float | None = None,
         thresholding: bool = False,
@@ -94,9 +94,9 @@ class Denoiser:
         net_dtype: torch.dtype | None = None,
         chunk: int | None = None,
     ) -> None:
-        if not isinstance(schedule, NoisePath):
-            raise UsageError(f"schedule must be a NoisePath (NoiseSchedule or ContinuousPath), "
-                             f"got {type(schedule).__name__}")
+        if not isinstance(path, NoisePath):
+            raise UsageError(f"path must be a NoisePath (NoiseSchedule or ContinuousPath), "
+                             f"got {type(path).__name__}")
         if prediction_type not in PREDICTION_TYPES:
             raise UsageError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}")
         if clip_sample is not None and not (clip_sample > 0 and math.isfinite(clip_sample)):
@@ -107,7 +107,7 @@ class Denoiser:
             raise UsageError(f"chunk (rows per network call in batch-invariant mode) must be an integer >= 1, "
                              f"got {chunk!r}")
         self.net = net
-        self.schedule = schedule
+        self.path = path
         self.prediction_type = prediction_type
         self.clip_sample = clip_sample
         self.thresholding = thresholding
@@ -142,18 +142,26 @@ class Denoiser:
         and batch size, all rows made at once (no allocation per step, and nothing small allocated between the
         steps' large buffers, which pinned the heap: DDPM-1000 grew by ~2 latents per step with a per-level
         cache). Fractional and continuous levels are built per call."""
-        if not (self.schedule.grid and float(t).is_integer()):
-            return self.schedule.time_input(t, x.shape[0], x.device)
+        if not (self.path.grid and float(t).is_integer()):
+            return self.path.time_input(t, x.shape[0], x.device)
         key = (x.device, x.shape[0])
         rows = self._t_cache.get(key)
         if rows is None:
             if len(self._t_cache) > 16:
                 self._t_cache.clear()
-            T, b = self.schedule.T, x.shape[0]
+            T, b = self.path.T, x.shape[0]
             pad = -(-b // 8) * 8  # rows 64-byte aligned (compiled kernels assume aligned inputs)
             block = torch.arange(T, device=x.device)[:, None].expand(T, pad).contiguous()
             rows = self._t_cache[key] = [r[:b] for r in block.unbind(0)]
         return rows[int(t)]
+
+    def fields(self) -> dict[str, Any]:
+        """The constructor arguments this Denoiser was made with."""
+        return {"net": self.net, "path": self.path, "prediction_type": self.prediction_type,
+                "clip_sample": self.clip_sample, "thresholding": self.thresholding,
+                "dynamic_thresholding_ratio": self.dynamic_thresholding_ratio,
+                "sample_max_value": self.sample_max_value, "sample_shape": self.sample_shape,
+                "conditioning": self.conditioning, "net_dtype": self.net_dtype, "chunk": self.chunk}
 
     def replace(self, **changes: Any) -> Denoiser:
         """A view of this Denoiser with some constructor fields changed (`path`, `chunk`, `net_dtype`, ...): the
@@ -166,16 +174,10 @@ class Denoiser:
             raise UsageError(f"Denoiser.replace takes {', '.join(sorted(allowed))}; got {', '.join(bad)}")
         view = copy.copy(self)
         if "path" in changes:
-            view.schedule = changes.pop("path")
             view._affine, view._t_cache = {}, {}
         for k, v in changes.items():
             setattr(view, k, v)
         return view
-
-    @property
-    def path(self) -> NoisePath:
-        """The noise path (α_t, σ_t) the network was trained on."""
-        return self.schedule
 
     def for_run(self) -> Denoiser:
         """The denoiser one run uses (a bound condition with per-run guidance state gives a fresh copy)."""
@@ -232,7 +234,7 @@ class Denoiser:
         """The affine coefficients (k1, k2, k3, k4) at level t (memoised)."""
         k = self._affine.get(t)
         if k is None:
-            k = self._affine[t] = affine_coefficients(self.prediction_type, *self.schedule.alpha_sigma(t))
+            k = self._affine[t] = affine_coefficients(self.prediction_type, *self.path.alpha_sigma(t))
         return k
 
     @property
@@ -285,7 +287,7 @@ class Denoiser:
 
     def eps_from_x0(self, x: torch.Tensor, t: float, x0: torch.Tensor) -> torch.Tensor:
         """ε = (x_t − α x0)/σ: the noise direction consistent with x0."""
-        a, s = self.schedule.alpha_sigma(t)
+        a, s = self.path.alpha_sigma(t)
         if s == 0.0:
             return torch.zeros_like(x)
         return torch.add(x, x0, alpha=-a).div_(s)

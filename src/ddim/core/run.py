@@ -39,11 +39,11 @@ Callback = Callable[[StepInfo], None]
 class Tracked:
     """The Denoiser's prediction interface, counting calls into a RunStats and recording outputs for the NaN check."""
 
-    __slots__ = ("_t", "_watch", "den", "schedule", "stats")
+    __slots__ = ("_t", "_watch", "den", "path", "stats")
 
     def __init__(self, den: Denoiser, stats: RunStats | None = None) -> None:
         self.den = den
-        self.schedule = den.schedule
+        self.path = den.path
         self.stats = stats if stats is not None else RunStats()
         self._watch: torch.Tensor | None = None  # one growing buffer, not a tensor per call: no heap growth
         self._t: list[float] = []

@@ -42,10 +42,10 @@ def resolve_timesteps(denoiser: Denoiser, steps: int, spacing: str | None,
                       timesteps: Sequence[float] | torch.Tensor | None) -> torch.Tensor:
     """The validated decreasing list: explicit `timesteps`, or `steps` levels with the given spacing."""
     if timesteps is not None:
-        return denoiser.schedule.validate_timesteps(timesteps)
+        return denoiser.path.validate_timesteps(timesteps)
     if isinstance(steps, bool) or not isinstance(steps, int):
         raise UsageError(f"steps must be an integer, got {steps!r}")
-    return denoiser.schedule.timesteps(steps, spacing)
+    return denoiser.path.timesteps(steps, spacing)
 
 
 def sample(

@@ -59,6 +59,8 @@ class NoiseSchedule(NoisePath):
         spacing: str = DEFAULT_SPACING,
         description: str = "custom",
         config: dict[str, Any] | None = None,
+        set_alpha_to_one: bool = True,
+        original_inference_steps: int = 50,
     ) -> None:
         abar = torch.as_tensor(np.asarray(alphas_cumprod, dtype=np.float64), dtype=torch.float64).flatten()
         if abar.numel() < 1:
@@ -76,9 +78,9 @@ class NoiseSchedule(NoisePath):
         self.alphas_cumprod: torch.Tensor = abar
         self.final_alpha_cumprod: float = float(final_alpha_cumprod)
         #: LCM/TCD configs: the distillation grid the `lcm` spacing takes its steps from
-        self.original_inference_steps = 50
+        self.original_inference_steps = int(original_inference_steps)
         #: diffusers' set_alpha_to_one: False ends DDIM-type steps at ᾱ_0 (`ddim_final`), not on the data
-        self.set_alpha_to_one = True
+        self.set_alpha_to_one = bool(set_alpha_to_one)
         self.steps_offset: int = int(steps_offset)
         self.spacing: str = spacing
         self.description: str = description

@@ -154,7 +154,11 @@ def schedule_from_config(config: dict[str, Any] | str | Path) -> NoisePath:
         return flow_path_from_config(raw, where)
     c, where = read_scheduler_config(config)
     T, rescale, spacing = c["num_train_timesteps"], c["rescale_betas_zero_snr"], c["timestep_spacing"]
-    kw = {"steps_offset": c["steps_offset"], "spacing": spacing}
+    orig = raw.get("original_inference_steps", 50)
+    if isinstance(orig, bool) or not isinstance(orig, int) or not 1 <= orig <= T:
+        raise UsageError(f"{where}: original_inference_steps must be an integer in 1..{T}, got {orig!r}")
+    kw = {"steps_offset": c["steps_offset"], "spacing": spacing, "set_alpha_to_one": c["set_alpha_to_one"],
+          "original_inference_steps": orig}
     kind = c["beta_schedule"]
     try:
         if c["trained_betas"] is not None:
@@ -172,13 +176,6 @@ def schedule_from_config(config: dict[str, Any] | str | Path) -> NoisePath:
             raise UsageError(f"unsupported beta_schedule {kind!r} (linear, scaled_linear, squaredcos_cap_v2)")
     except UsageError as e:
         raise UsageError(f"{where}: {e}") from None
-    sched.set_alpha_to_one = c["set_alpha_to_one"]
-    orig = raw.get("original_inference_steps", 50)
-    if isinstance(orig, bool) or not isinstance(orig, int) or not 1 <= orig <= T:
-        raise UsageError(f"{where}: original_inference_steps must be an integer in 1..{T}, got {orig!r}")
-    sched.original_inference_steps = orig
-    sched.config.update({"set_alpha_to_one": c["set_alpha_to_one"], "steps_offset": sched.steps_offset,
-                         "timestep_spacing": spacing})
     return sched
 
 

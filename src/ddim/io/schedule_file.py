@@ -21,7 +21,7 @@ def write_schedule(path: str | Path, den: Denoiser, result: Any, method: str, n_
     path = Path(path)
     atomic_write_json(path, {
         "format": 1, "model": model_fingerprint(den), "sampler": result.sampler, "nfe": result.nfe,
-        "steps": len(result.timesteps), "timesteps": [float(t) if not den.schedule.grid else int(t)
+        "steps": len(result.timesteps), "timesteps": [float(t) if not den.path.grid else int(t)
                                                       for t in result.timesteps.tolist()],
         "method": method, "calibration": {"samples": n_cal, "seeds": "10^6 + i",
                                           "error_best_fixed": result.error_start, "error": result.error_optimized}})
@@ -40,7 +40,7 @@ def read_schedule(path: str | Path, den: Denoiser, sampler: str | None, steps: i
         raise UsageError(f"{path} was searched for another model (fingerprint differs); search it again")
     if sampler is not None and sampler != d["sampler"]:
         raise UsageError(f"{path} holds a {d['sampler']} schedule; use --sampler {d['sampler']} or search again")
-    ts = den.schedule.validate_timesteps(d["timesteps"])
+    ts = den.path.validate_timesteps(d["timesteps"])
     if steps is not None and steps != len(ts):
         raise UsageError(f"{path} holds {len(ts)} steps ({d['nfe']} NFE with {d['sampler']}); asked for {steps}")
     return d["sampler"], ts

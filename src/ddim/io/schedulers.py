@@ -35,7 +35,7 @@ class _CoreScheduler(SchedulerMixin, ConfigMixin):
     def _setup(self, clip: bool = True) -> None:
         cfg = dict(self.config) if clip else {**dict(self.config), "clip_sample": False}
         self._den = denoiser_from_config(None, cfg)
-        self.schedule: NoiseSchedule = self._den.schedule
+        self.schedule: NoiseSchedule = self._den.path
         self.alphas_cumprod = self.schedule.alphas_cumprod.float()
         self.init_noise_sigma = 1.0
         self.num_inference_steps: int | None = None
@@ -207,7 +207,7 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin, ConfigMixin):
         self._den = denoiser_from_config(None, cfg)
         self._shift = float(shift)
         N = num_train_timesteps
-        train = self._den.schedule.flow_shift.sigmas(N) if not use_dynamic_shifting else \
+        train = self._den.path.flow_shift.sigmas(N) if not use_dynamic_shifting else \
             torch.linspace(1, N, N, dtype=torch.float32).flip(0).double().numpy() / N
         self.sigmas = torch.from_numpy(train).float()
         self.timesteps = self.sigmas * N
@@ -236,7 +236,7 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index = begin_index
 
     def _flow_shift(self) -> FlowShift:
-        fs = self._den.schedule.flow_shift
+        fs = self._den.path.flow_shift
         return dataclasses.replace(fs, shift=self._shift)
 
     def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
@@ -255,7 +255,7 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin, ConfigMixin):
             if num_inference_steps is None:
                 raise UsageError("give num_inference_steps, sigmas or timesteps")
             sig = torch.from_numpy(fs.sigmas(int(num_inference_steps), mu))
-        self._ts = self._den.schedule.validate_timesteps(sig)
+        self._ts = self._den.path.validate_timesteps(sig)
         self._plan = ddim_plan(self._den, self._ts, 0.0)
         self.num_inference_steps = len(self._ts)
         s32 = self._ts.float()

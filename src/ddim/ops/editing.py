@@ -93,7 +93,7 @@ def sdedit(denoiser: Denoiser, x0: torch.Tensor, strength: float, *, condition: 
     ts = resolve_timesteps(denoiser, steps, spacing, timesteps)
     k = max(1, round(strength * len(ts)))
     ts = ts[len(ts) - k:]
-    al, sg = denoiser.schedule.alpha_sigma(float(ts[0]))
+    al, sg = denoiser.path.alpha_sigma(float(ts[0]))
     seeds = resolve_seeds(x0.shape[0], seed, seeds)
     z = SeededNoise(seeds, x0.shape[1:], dtype=x0.dtype, device=x0.device).initial()
     x_t = x0 * al + z * sg  # q(x_t | x0) at the start level

@@ -25,7 +25,7 @@ EXACT_DIVERGENCE_MAX_DIM = 16
 
 def _eps_fn(denoiser: Denoiser) -> Callable[[torch.Tensor, float], tuple[torch.Tensor, float]]:
     """f(x_e, σ_e) = ε̂(α x_e, t) at the level whose σ/α is σ_e, and that level's α."""
-    path = denoiser.schedule
+    path = denoiser.path
 
     def eps(xe: torch.Tensor, sig_e: float) -> tuple[torch.Tensor, float]:
         t = path.t_at_lambda(-math.log(sig_e))
@@ -53,7 +53,7 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, exact: bool | None = 
     denoiser.check_input(x)
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
         raise UsageError(f"probes must be an integer >= 1, got {probes!r}")
-    path = denoiser.schedule
+    path = denoiser.path
     n = x.shape[0]
     shape = x.shape
     D = int(np.prod(shape[1:]))

@@ -35,7 +35,7 @@ class OptimizedSchedule:
 
 def reference_solution(denoiser: Denoiser, x_T: torch.Tensor) -> torch.Tensor:
     """A fine solution of the PF-ODE from x_T: UniPC-3 on every grid timestep (T steps)."""
-    return sample(denoiser, x_T=x_T, steps=denoiser.schedule.T, sampler="unipc", order=3, spacing="trailing")
+    return sample(denoiser, x_T=x_T, steps=denoiser.path.T, sampler="unipc", order=3, spacing="trailing")
 
 
 def _rmse(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -60,7 +60,7 @@ def optimize_timesteps(denoiser: Denoiser, nfe: int, sampler: str = "dpmpp_2m", 
     on the calibration batch.
     """
     denoiser = bind(denoiser, condition, guidance, uncond)
-    sched = denoiser.schedule
+    sched = denoiser.path
     steps = get_sampler(sampler).steps_for_nfe(nfe)
     x_cal = calibration_batch(denoiser, x_cal, n_cal, sample_shape)
     ref = reference if reference is not None else reference_solution(denoiser, x_cal)
@@ -146,7 +146,7 @@ def gits_timesteps(denoiser: Denoiser, nfe: int, sampler: str = "dpmpp_2m", x_ca
     local error of one DDIM step against the teacher trajectory (here UniPC-3 through ~8× finer levels) is
     smallest; the path has the sampler's step count for `nfe`. One network call per candidate level."""
     denoiser = bind(denoiser, condition, guidance, uncond)
-    path = denoiser.schedule
+    path = denoiser.path
     steps = get_sampler(sampler).steps_for_nfe(nfe)
     x_cal = calibration_batch(denoiser, x_cal, n_cal, sample_shape)
     cand = path.timesteps(candidates, "logsnr").tolist()
@@ -194,7 +194,7 @@ def ays_timesteps(denoiser: Denoiser, nfe: int, sampler: str = "dpmpp_2m", x_dat
     KLUB is additive over steps, so dynamic programming finds its exact minimum on the grid (the paper iterates
     local updates). One network call per candidate level on `x_data` (n_cal data samples)."""
     denoiser = bind(denoiser, condition, guidance, uncond)
-    path = denoiser.schedule
+    path = denoiser.path
     steps = get_sampler(sampler).steps_for_nfe(nfe)
     if x_data is None:
         raise UsageError("Align Your Steps needs data samples (x_data): the data the model was trained on")
@@ -225,7 +225,7 @@ def ays_timesteps(denoiser: Denoiser, nfe: int, sampler: str = "dpmpp_2m", x_dat
 def _judged(denoiser: Denoiser, sampler: str, nfe: int, ts: torch.Tensor, x_cal: torch.Tensor, ref: torch.Tensor,
             method: str, evaluations: int) -> OptimizedSchedule:
     """A searched step list with its calibration error and the best fixed spacing's, against the reference."""
-    path = denoiser.schedule
+    path = denoiser.path
     e_opt = schedule_error(denoiser, sampler, ts, x_cal, ref)
     e_fixed = min(schedule_error(denoiser, sampler, path.timesteps(len(ts), sp), x_cal, ref)
                   for sp in _spacings(path, len(ts)))
@@ -237,7 +237,7 @@ def klub_matrix(denoiser: Denoiser, x0: torch.Tensor, eps: torch.Tensor, levels:
                 progress: bool = False) -> torch.Tensor:
     """AYS's KLUB of every step between `levels` (decreasing noise): entry [i, j] (j > i) is
     ∫_{σ̃_j}^{σ̃_i} σ̃⁻³ E‖D(x_σ̃, σ̃) − D(x_σ̃ᵢ, σ̃ᵢ)‖² dσ̃ per element, x_σ̃ = x0 + σ̃ε (trapezoid on the levels)."""
-    path = denoiser.schedule
+    path = denoiser.path
     den, tilde = [], []
     for t in _bar(levels, "AYS denoiser calls", progress):
         a, sg = path.alpha_sigma(t)
@@ -315,7 +315,7 @@ def search_schedule(denoiser: Denoiser, nfe: int, sampler: str = "unipc", *, met
     if method == "ays":
         return ays_timesteps(denoiser, nfe, sampler, n_cal=n_cal, progress=progress, **kw)
     g = gits_timesteps(denoiser, nfe, sampler, n_cal=n_cal, progress=progress, **kw)
-    if method == "gits" or not denoiser.schedule.grid:
+    if method == "gits" or not denoiser.path.grid:
         return g
     r = optimize_timesteps(denoiser, nfe, sampler, n_cal=n_cal, progress=progress, init=g.timesteps, **kw)
     return OptimizedSchedule(r.timesteps, sampler, nfe, "gits+cd", g.error_start, r.error_optimized,

@@ -92,7 +92,7 @@ def progressive_distill(teacher: str | Path, out: str | Path, *, start_steps: in
 
     out = Path(out)
     tden = load_model(teacher).denoiser
-    sched = tden.schedule
+    sched = tden.path
     if not sched.grid or not isinstance(tden.net, torch.nn.Module):
         raise UsageError("progressive distillation takes a trained network on a grid-time (β) schedule")
     if tden.conditioning is not None:
@@ -247,7 +247,7 @@ def consistency_distill(teacher: str | Path, out: str | Path, *, skip: int = 20,
 
     out = Path(out)
     tden = load_model(teacher).denoiser
-    sched = tden.schedule
+    sched = tden.path
     if not sched.grid or not isinstance(tden.net, torch.nn.Module) or tden.conditioning is not None:
         raise UsageError("consistency distillation takes an unconditional network on a grid-time (β) schedule")
     x_data = load_data(data)

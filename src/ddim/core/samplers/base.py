@@ -64,7 +64,7 @@ class Sampler:
         if guidance is not None and GUIDANCE_RULES[guidance.rule].ddim_type_only and not self.ddim_type:
             ok = ", ".join(n for n, s in SAMPLERS.items() if s.ddim_type)
             raise UsageError(f"{guidance.rule} guidance is defined for DDIM-type steps ({ok}), not {self.name!r}")
-        ts = denoiser.schedule.validate_timesteps(timesteps)
+        ts = denoiser.path.validate_timesteps(timesteps)
         model = Tracked(denoiser.for_run(), stats)
         try:
             return self.fn(model, x, ts, generator=generator, callback=callback, **self.check_options(options))
@@ -170,7 +170,7 @@ _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def cached_plan(den: Denoiser, key: tuple, build: Callable[[], Any]) -> Any:
     """Per-path memo of a sampler's coefficient plan (key: sampler, timesteps, options; plus the prediction
     options that enter folded coefficients), so sampling many batches pays the float64 work once."""
-    path = den.schedule
+    path = den.path
     per = _PLANS.setdefault(path, {})
     full = (getattr(path, "final", None), getattr(path, "ddim_final", None), den.prediction_type, den.is_affine, *key)
     plan = per.get(full)

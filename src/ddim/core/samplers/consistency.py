@@ -33,7 +33,7 @@ def lcm_boundary(st: Any) -> tuple[Any, Any]:
 
 def lcm_plan(den: Denoiser, timesteps: torch.Tensor, timestep_scaling: float) -> FirstOrderPlan:
     def build() -> FirstOrderPlan:
-        path = den.schedule
+        path = den.path
         t = timesteps.tolist()
         a, b, c, sig = [], [], [], []
         for i, ti in enumerate(t):
@@ -57,7 +57,7 @@ def tcd_plan(den: Denoiser, timesteps: torch.Tensor, gamma: float) -> FirstOrder
         raise UsageError(f"gamma must lie in [0, 1], got {gamma}")
 
     def build() -> FirstOrderPlan:
-        path = den.schedule
+        path = den.path
         t = timesteps.tolist()
         a, b, c, sig = [], [], [], []
         for i in range(len(t)):

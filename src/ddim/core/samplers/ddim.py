@@ -22,7 +22,7 @@ def ddim_plan(den: Denoiser, timesteps: torch.Tensor, eta: float = 0.0) -> First
     eta = check_eta(eta)
 
     def build() -> FirstOrderPlan:
-        lv = Levels(den.schedule, timesteps, ddim_final=True)
+        lv = Levels(den.path, timesteps, ddim_final=True)
         n = len(lv)
         b, c, sig = [], [], []
         for i in range(n):

@@ -26,7 +26,7 @@ def ddpm_plan(den: Denoiser, timesteps: torch.Tensor, variance_type: str = "fixe
         raise UsageError(f"unknown variance_type {variance_type!r}; choose one of {VARIANCE_TYPES}")
 
     def build() -> FirstOrderPlan:
-        lv = Levels(den.schedule, timesteps)
+        lv = Levels(den.path, timesteps)
         n = len(lv)
         c_xt, c_x0, sig = [], [], []
         for i in range(n):

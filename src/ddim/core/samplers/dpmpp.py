@@ -68,7 +68,7 @@ def dpmpp_plan(den: Denoiser, timesteps: torch.Tensor, order: int) -> tuple[list
         raise UsageError(f"DPM-Solver++ multistep order must be 1, 2 or 3, got {order}")
 
     def build() -> tuple[list, list[MultistepStep]]:
-        lv = Levels(den.schedule, timesteps)
+        lv = Levels(den.path, timesteps)
         orders = multistep_orders(len(lv), order, final_zero=lv.sigma[-1] == 0.0)
         plan = [dpmpp_coefficients(lv, i, o) for i, o in enumerate(orders)]
         return lv.t, [(A, [(c[k], k) for k in range(3) if c[k] != 0.0]) for A, c in plan]
@@ -119,8 +119,8 @@ def sample_dpmpp_2s(model: Tracked, x: torch.Tensor, timesteps: torch.Tensor, *,
                     callback: Callback | None = None) -> torch.Tensor:
     """DPM-Solver++(2S) (paper Alg. 1, r = 1/2): an extra evaluation at the log-SNR midpoint of each step,
     a fractional timestep; the last step onto σ = 0 is first order. NFE = 2S - 1."""
-    lv = Levels(model.schedule, timesteps)
-    path = model.schedule
+    lv = Levels(model.path, timesteps)
+    path = model.path
     for i, t in enumerate(lv.t):
         _, x0 = model(x, t)
         h = lv.lam[i + 1] - lv.lam[i]
@@ -165,7 +165,7 @@ def dpmpp_sde_coefficients(lv: Levels, i: int, order: int) -> tuple[float, list[
 
 def dpmpp_sde_plan(den: Denoiser, timesteps: torch.Tensor, order: int) -> tuple[list, list[SdeStep]]:
     def build() -> tuple[list, list[SdeStep]]:
-        lv = Levels(den.schedule, timesteps)
+        lv = Levels(den.path, timesteps)
         orders = multistep_orders(len(lv), order, final_zero=lv.sigma[-1] == 0.0)
         plan = [dpmpp_sde_coefficients(lv, i, o) for i, o in enumerate(orders)]
         return lv.t, [(A, [(c[k], k) for k in range(2) if c[k] != 0.0], g) for A, c, g in plan]

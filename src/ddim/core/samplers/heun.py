@@ -24,7 +24,7 @@ def slope(lv: Levels, eps: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
 @register("heun", nfe_per_step=2, nfe_offset=-1)
 def sample_heun(model: Tracked, x: torch.Tensor, timesteps: torch.Tensor, *, generator: NoiseLike = None,
                 callback: Callback | None = None) -> torch.Tensor:
-    lv = Levels(model.schedule, timesteps)
+    lv = Levels(model.path, timesteps)
     n = len(lv)
     for i, t in enumerate(lv.t):
         eps, x0 = model(x, t)
@@ -47,8 +47,8 @@ def sample_midpoint(model: Tracked, x: torch.Tensor, timesteps: torch.Tensor, *,
                     callback: Callback | None = None) -> torch.Tensor:
     """Explicit midpoint (RK2): the slope at the half step decides the whole step. The half step is the
     log-SNR midpoint in EDM variables (s_mid = sqrt(s s')) and the σ midpoint in flow variables."""
-    lv = Levels(model.schedule, timesteps)
-    path = model.schedule
+    lv = Levels(model.path, timesteps)
+    path = model.path
     n = len(lv)
     for i, t in enumerate(lv.t):
         eps, x0 = model(x, t)

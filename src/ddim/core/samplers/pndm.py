@@ -20,7 +20,7 @@ _AB = {1: [1.0], 2: [1.5, -0.5], 3: [23 / 12, -16 / 12, 5 / 12], 4: [55 / 24, -5
 @register("pndm", nfe_offset=1)
 def sample_pndm(model: Tracked, x: torch.Tensor, timesteps: torch.Tensor, *, generator: NoiseLike = None,
                 callback: Callback | None = None) -> torch.Tensor:
-    lv = Levels(model.schedule, timesteps, ddim_final=True)
+    lv = Levels(model.path, timesteps, ddim_final=True)
     n = len(lv)
     hist: list[torch.Tensor] = []
 

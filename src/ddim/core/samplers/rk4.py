@@ -21,8 +21,8 @@ from .base import lincomb, register
 @register("rk4", nfe_per_step=4, nfe_offset=-3)
 def sample_rk4(model: Tracked, x: torch.Tensor, timesteps: torch.Tensor, *, generator: NoiseLike = None,
                callback: Callback | None = None) -> torch.Tensor:
-    lv = Levels(model.schedule, timesteps)
-    path = model.schedule
+    lv = Levels(model.path, timesteps)
+    path = model.path
     flow = lv.kappa != 0.0
     # the time variable τ of the integration and the slope dy/dτ, with y = x / c
     tau = lv.s if flow else lv.lam

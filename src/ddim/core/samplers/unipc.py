@@ -87,7 +87,7 @@ def sample_unipc(model: Tracked, x: torch.Tensor, timesteps: torch.Tensor, *, ge
     t_key = tuple(timesteps.tolist())
 
     def build() -> tuple[list[int], list, list]:
-        lv = Levels(model.schedule, timesteps)
+        lv = Levels(model.path, timesteps)
         n = len(lv)
         orders = [min(order, n - i, i + 1) for i in range(n)]
         pred = [_flatten(_unipc_terms(lv, i, orders[i], variant, False)) for i in range(n)]
