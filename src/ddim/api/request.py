@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from ..core.errors import UsageError
 from ..core.guidance import GUIDANCE_RULES
+from ..core.path import CONTINUOUS_SPACINGS
 from ..core.schedule import SPACINGS
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -78,8 +79,9 @@ class _Run(BaseModel):
     @field_validator("spacing")
     @classmethod
     def _spacing(cls, v: str | None) -> str | None:
-        if v is not None and v not in (*SPACINGS, "optimised"):
-            raise ValueError(f"unknown spacing {v!r}; choose one of {', '.join((*SPACINGS, 'optimised'))}")
+        known = tuple(dict.fromkeys((*SPACINGS, *CONTINUOUS_SPACINGS, "optimised")))
+        if v is not None and v not in known:
+            raise ValueError(f"unknown spacing {v!r}; choose one of {', '.join(known)}")
         return v
 
     @field_validator("sampler")

@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_nonneg_int, default=None, help="seed of every random draw (default 0)")
     p.add_argument("--prediction-type", default=None, choices=["epsilon", "sample", "v_prediction"],
                    help="what the network predicts under the ddpm objective (default epsilon)")
-    p.add_argument("--objective", default=None, choices=["ddpm", "flow"],
+    p.add_argument("--objective", default=None, choices=["ddpm", "flow_matching", "flow"],
                    help="ddpm (L_simple on a β schedule, default) or flow (flow matching, velocity ε − x0)")
     p.add_argument("--time-sampling", default=None, choices=["uniform", "logit_normal"],
                    help="flow: how t is drawn (default uniform; logit_normal as SD3)")

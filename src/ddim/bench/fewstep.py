@@ -19,7 +19,7 @@ CAL_SEED = 9 * SEED_STRIDE
 SPACINGS = ("trailing", "time_quadratic", "logsnr", "karras")
 #: a reflowed flow model's candidates: samplers and the spacings of a continuous path
 FLOW_SAMPLERS = ("ddim", "midpoint", "dpmpp_2m", "unipc")
-FLOW_SPACINGS = ("uniform", "karras", "flow")
+FLOW_SPACINGS = ("uniform", "karras", "flow_shift")
 
 
 def _draw(den: Any, n: int, seeds: int, **kw: Any) -> list[torch.Tensor]:

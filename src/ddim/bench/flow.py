@@ -20,7 +20,7 @@ SEED_STRIDE = 10**6
 CAL_SEED = 9 * SEED_STRIDE
 SAMPLER_CANDIDATES = ("ddim", "heun", "midpoint", "dpmpp_2m", "unipc")
 SPACING_CANDIDATES = {"grid": ("trailing", "time_quadratic", "logsnr", "karras"),
-                      "flow": ("flow", "uniform", "logsnr", "karras")}
+                      "flow": ("flow_shift", "uniform", "logsnr", "karras")}
 
 
 def _samples(den: Any, n: int, seed0: int, sampler: str, spacing: str, steps: int) -> torch.Tensor:

@@ -172,7 +172,7 @@ def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: in
     """Flux's μ: linear in the token count between (base_seq_len, base_shift) and (max_seq_len, max_shift)."""
     m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
     return image_seq_len * m + (base_shift - m * base_seq_len)
-CONTINUOUS_SPACINGS = ("uniform", "logsnr", "karras", "flow")
+CONTINUOUS_SPACINGS = ("uniform", "logsnr", "karras", "flow_shift", "flow")  # "flow": flow_shift's earlier name
 
 
 class ContinuousPath(NoisePath):
@@ -195,7 +195,7 @@ class ContinuousPath(NoisePath):
             raise UsageError("a flow shift applies to the flow path only")
         self.kind, self.t_min, self.t_max, self.time_scale = kind, float(t_min), float(t_max), float(time_scale)
         self.flow_variables = kind == "flow"
-        #: diffusers' FlowMatchEuler σ list (spacing "flow", the default when set)
+        #: diffusers' FlowMatchEuler σ list (spacing "flow_shift", the default when set)
         self.flow_shift = flow_shift
 
     def with_shift(self, shift: float) -> ContinuousPath:
@@ -233,16 +233,17 @@ class ContinuousPath(NoisePath):
                   ) -> torch.Tensor:
         """`uniform` in t, uniform in λ (`logsnr`) or Karras' ρ = 7 in σ/α (`karras`), from t_max down to
         t_min (or to t_max/n when t_min = 0, the last level before the data); on a flow path with a
-        `flow_shift`, `flow` (the default there) is diffusers' FlowMatchEuler σ list with its shift."""
+        `flow_shift`, `flow_shift` (the default there; also called `flow`) is diffusers' FlowMatchEuler σ list with its
+        shift."""
         if isinstance(num_steps, torch.Tensor) or not isinstance(num_steps, int | np.integer):
             return self.validate_timesteps(num_steps)
         n = int(num_steps)
         if isinstance(num_steps, bool) or n < 1:
             raise UsageError(f"steps must be a positive integer, got {num_steps}")
-        spacing = spacing or ("flow" if self.flow_shift is not None else "uniform")
-        if spacing == "flow":
+        spacing = spacing or ("flow_shift" if self.flow_shift is not None else "uniform")
+        if spacing in ("flow_shift", "flow"):
             if self.flow_shift is None:
-                raise UsageError("spacing 'flow' needs a flow path with a flow shift (a flow-matching model)")
+                raise UsageError(f"spacing {spacing!r} needs a flow path with a flow shift (a flow-matching model)")
             return self.validate_timesteps(self.flow_shift.sigmas(n))
         lo = self.t_min if self.t_min > 0 else self.t_max / n
         if n == 1:

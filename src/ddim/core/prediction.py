@@ -199,20 +199,8 @@ class Denoiser:
         run counts). In batch-invariant mode the rows go through calls of exactly `chunk` rows each."""
         if cond is None and self.conditioning is not None:
             cond = self._default_condition(x)
-        c, n = self.chunk, x.shape[0]
-        if c is None or (n == c):
-            return self._net_call(x, t, cond)
-        outs = []
-        for a in range(0, n, c):
-            b = min(n, a + c)
-            xa = _rows_padded(x, a, b, c)
-            ca = None if cond is None else {k: _rows_padded(v, a, b, c) if _batched(v, n) else v
-                                            for k, v in cond.items()}
-            outs.append(self._net_call(xa, t, ca)[: b - a])
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
-
-    def _net_call(self, x: torch.Tensor, t: float, cond: dict[str, Any] | None) -> torch.Tensor:
-        """Exactly one call of the network."""
+        if self.chunk is not None and x.shape[0] != self.chunk:
+            return self._chunked(x, t, cond)
         xin = x if self.net_dtype is None or x.dtype == self.net_dtype else x.to(self.net_dtype)
         try:
             out = self.net(xin, self.time_input(t, x)) if cond is None else self.net(xin, self.time_input(t, x), **cond)
@@ -228,6 +216,17 @@ class Denoiser:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ModelOutputError(f"model output at timestep t={t} has shape {got}, expected {tuple(x.shape)}")
         return out if out.dtype == x.dtype else out.to(x.dtype)
+
+    def _chunked(self, x: torch.Tensor, t: float, cond: dict[str, Any] | None) -> torch.Tensor:
+        """call_net over calls of exactly `chunk` rows each (the last chunk padded, its padding dropped)."""
+        c, n = self.chunk, x.shape[0]
+        outs = []
+        for a in range(0, n, c):
+            b = min(n, a + c)
+            ca = None if cond is None else {k: _rows_padded(v, a, b, c) if _batched(v, n) else v
+                                            for k, v in cond.items()}
+            outs.append(self.call_net(_rows_padded(x, a, b, c), t, ca)[: b - a])
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     # ------------------------------------------------------------------------------ prediction maths
     def coeffs(self, t: float) -> Affine:

@@ -63,8 +63,11 @@ def diffusers_class(name: str) -> type:
         "DiTTransformer2DModel": "diffusers.models.transformers.dit_transformer_2d",
     }
     try:
-        module = importlib.import_module(modules[name]) if name in modules else importlib.import_module("diffusers")
-        return getattr(module, name)
+        if name in modules:
+            from .diffusers_import import import_class
+
+            return import_class(modules[name], name)
+        return getattr(importlib.import_module("diffusers"), name)
     except (ImportError, AttributeError):
         raise UsageError(f"diffusers has no model class {name!r}") from None
 

@@ -14,7 +14,9 @@ from ..core.prediction import PREDICTION_TYPES
 from ..core.schedule import NoiseSchedule
 
 SCHEDULES = ("linear", "scaled_linear", "cosine")
-OBJECTIVES = ("ddpm", "flow")
+OBJECTIVES = ("ddpm", "flow_matching")
+#: earlier names kept working
+OBJECTIVE_ALIASES = {"flow": "flow_matching"}
 TIME_SAMPLINGS = ("uniform", "logit_normal")
 
 
@@ -42,7 +44,7 @@ class TrainConfig:
     hidden: int = 128
     depth: int = 3
     n_data: int | None = None
-    objective: str = "ddpm"  # ddpm: L_simple on the β schedule; flow: flow matching on x_t = (1 − t) x0 + t ε
+    objective: str = "ddpm"  # ddpm: L_simple on the β schedule; flow_matching on x_t = (1 − t) x0 + t ε
     time_sampling: str = "uniform"  # flow: t ~ U(0, 1), or logit_normal (SD3: t = sigmoid(m + s·n))
     logit_mean: float = 0.0
     logit_std: float = 1.0
@@ -78,17 +80,18 @@ class TrainConfig:
             raise UsageError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.prediction_type not in PREDICTION_TYPES:
             raise UsageError(f"unknown prediction_type {self.prediction_type!r}")
+        self.objective = OBJECTIVE_ALIASES.get(self.objective, self.objective)
         if self.objective not in OBJECTIVES:
             raise UsageError(f"{where}: unknown objective {self.objective!r}; choose one of {OBJECTIVES}")
-        if (self.objective == "flow") != (self.prediction_type == "flow"):
-            raise UsageError(f"{where}: the flow objective trains prediction_type 'flow' (velocity ε − x0), and "
-                             "only it does; ddpm takes epsilon, sample or v_prediction")
+        if (self.objective == "flow_matching") != (self.prediction_type == "flow"):
+            raise UsageError(f"{where}: the flow_matching objective trains prediction_type 'flow' (velocity ε − x0), "
+                             "and only it does; ddpm takes epsilon, sample or v_prediction")
         if self.time_sampling not in TIME_SAMPLINGS:
             raise UsageError(f"{where}: unknown time_sampling {self.time_sampling!r}; choose one of {TIME_SAMPLINGS}")
-        if self.time_sampling != "uniform" and self.objective != "flow":
-            raise UsageError(f"{where}: time_sampling {self.time_sampling!r} is for the flow objective")
-        if self.pairs is not None and self.objective != "flow":
-            raise UsageError(f"{where}: pairs (reflow couplings) train the flow objective")
+        if self.time_sampling != "uniform" and self.objective != "flow_matching":
+            raise UsageError(f"{where}: time_sampling {self.time_sampling!r} is for the flow_matching objective")
+        if self.pairs is not None and self.objective != "flow_matching":
+            raise UsageError(f"{where}: pairs (reflow couplings) train the flow_matching objective")
         if not self.logit_std > 0 or not self.shift > 0:
             raise UsageError(f"{where}: logit_std and shift must be > 0")
         if self.schedule not in SCHEDULES:
@@ -142,7 +145,7 @@ class TrainConfig:
 def build_schedule(cfg: TrainConfig) -> NoisePath:
     """The run's noise path: the β schedule (ddpm), or the flow path with its σ-list shift (flow)."""
     T = cfg.num_train_timesteps
-    if cfg.objective == "flow":
+    if cfg.objective == "flow_matching":
         shift = FlowShift(cfg.shift, num_train_timesteps=T)
         return ContinuousPath("flow", t_max=1.0, time_scale=float(T), flow_shift=shift)
     if cfg.schedule == "cosine":

@@ -61,7 +61,7 @@ def reflow(model: str | Path, out: str | Path, *, n_pairs: int = 20000, pair_ste
         np.savez(buf, noise=z.numpy(), x0=x0.numpy())
         atomic_write_bytes(pairs, buf.getvalue())
         log(f"wrote {n_pairs} (noise, sample) pairs from {pair_sampler} {pair_steps} steps to {pairs}")
-    cfg = dataclasses.replace(train_config or TrainConfig(), data="pairs", objective="flow", prediction_type="flow",
-                              pairs=str(pairs), init_from=str(model))
+    cfg = dataclasses.replace(train_config or TrainConfig(), data="pairs", objective="flow_matching",
+                              prediction_type="flow", pairs=str(pairs), init_from=str(model))
     run = out / "run"
     return train(None, run, resume=True) if (run / "latest").exists() else train(cfg, run, progress=progress)

@@ -63,7 +63,7 @@ def noised_batch(cfg: TrainConfig, x0: torch.Tensor, gen: torch.Generator, abar:
     the noise paired with each x0 (reflow, Liu et al. 2023 eq. 6) instead of fresh noise.
     """
     n = x0.shape[0]
-    if cfg.objective == "flow":
+    if cfg.objective == "flow_matching":
         if cfg.time_sampling == "logit_normal":
             t = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(n, generator=gen))
         else:
@@ -266,7 +266,8 @@ def finish(cfg: TrainConfig, run: Path, st: TrainState) -> None:
            "L_simple", logy=True, title=f"{cfg.data}: training loss")
     if st.spec["type"] == "unet":
         cond = ck.read_json(run / "config.json").get("conditioning")
-        extra = {} if cfg.objective == "flow" else {"prediction_type": cfg.prediction_type, "clip_sample": False}
+        extra = {} if cfg.objective == "flow_matching" else {"prediction_type": cfg.prediction_type,
+                                                             "clip_sample": False}
         ck.export_diffusers(st.ema, schedule_to_config(build_schedule(cfg)), run / "diffusers", extra,
                             conditioning=cond)
 
