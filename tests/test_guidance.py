@@ -100,21 +100,21 @@ def test_apg_reduces_to_cfg_and_projects():
     x = x_T()
     t = 400
     cfg = bind(den(), LABELS, 4.0).call_net(x, t)
-    full = bind(den(), LABELS, Guidance(4.0, rule="apg", apg_eta=1.0)).call_net(x, t)
+    full = bind(den(), LABELS, Guidance(4.0, rule="apg", options={"eta": 1.0})).call_net(x, t)
     assert torch.allclose(full, cfg, atol=1e-10)  # Δ∥ + Δ⊥ = Δ: plain CFG
     d = bind(den(), LABELS, Guidance(4.0, rule="apg"))
     out = d.call_net(x, t)
     x0 = d.x0_from_output(x, t, out)
     x0c = d.x0_from_output(x, t, bind(den(), LABELS, 1.0).call_net(x, t))
     assert torch.allclose(((x0 - x0c) * x0c).sum(1), torch.zeros(6, dtype=torch.float64), atol=1e-10)
-    capped = bind(den(), LABELS, Guidance(4.0, rule="apg", apg_eta=1.0, apg_threshold=0.01))
+    capped = bind(den(), LABELS, Guidance(4.0, rule="apg", options={"eta": 1.0, "threshold": 0.01}))
     x0cap = capped.x0_from_output(x, t, capped.call_net(x, t))
     assert float(((x0cap - x0c) / 3).norm(dim=1).max()) <= 0.01 + 1e-9  # (w − 1) Δ with ‖Δ‖ ≤ r
 
 
 def test_apg_momentum_state_is_per_run():
     x = x_T()
-    g = Guidance(4.0, rule="apg", apg_momentum=-0.5)
+    g = Guidance(4.0, rule="apg", options={"momentum": -0.5})
     a = sample(den(), x_T=x, steps=10, condition=LABELS, guidance=g)
     b = sample(den(), x_T=x, steps=10, condition=LABELS, guidance=g)
     assert torch.equal(a, b)

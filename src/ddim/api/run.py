@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..core.errors import UsageError
-from ..core.guidance import GUIDANCE_RULES, Guidance
+from ..core.guidance import Guidance
 from ..core.prediction import Denoiser, fixed_rows
 from ..core.run import RunStats, StepInfo
 from ..core.sample import invariant, resolve_timesteps
@@ -124,11 +124,8 @@ def resolve_plan(req: Any, model: Model) -> SamplingPlan:
 def guidance_of(req: Any, model: Model) -> Guidance:
     """The request's guidance with the model's default scale; rule options under their rule's names."""
     g = req.guidance
-    opts = {**GUIDANCE_RULES[g.rule].options, **g.options}
-    apg = {"apg_eta": opts["eta"], "apg_momentum": opts["momentum"], "apg_threshold": opts["threshold"]} \
-        if g.rule == "apg" else {}
     return Guidance(model.defaults.guidance if g.scale is None else g.scale, rule=g.rule, rescale=g.rescale,
-                    interval=g.interval, batched=not g.two_calls, **apg)
+                    interval=g.interval, options=dict(g.options), batched=not g.two_calls)
 
 
 def _cycled(values: list, n: int) -> list:

@@ -31,7 +31,7 @@ class Cell:
         if self.rule == "interval":
             return Guidance(self.scale, interval=(0.28, 5.42))  # the EDM band of Kynkäänniemi et al. (σ in 0.28–5.42)
         if self.rule == "apg":
-            return Guidance(self.scale, rule="apg", apg_momentum=-0.5)
+            return Guidance(self.scale, rule="apg", options={"momentum": -0.5})
         return Guidance(self.scale)
 
 

@@ -19,8 +19,8 @@ in ε or x̂0 space for every prediction type.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,20 +31,21 @@ from .prediction import Denoiser
 
 @dataclass(frozen=True)
 class GuidanceRule:
-    """A registered guidance rule: its own options (name → default, as `Guidance.options` takes them), whether
-    the guided output stays affine in the two branches' outputs, and whether it needs DDIM-type steps."""
+    """A registered guidance rule: how it combines the two branches' outputs, its own options (name → default,
+    as `Guidance.options` takes them), whether the guided step stays affine in the outputs (inversion and the
+    folded updates need it), whether it needs DDIM-type steps, and whether it needs both branches even at
+    w = 1. `combine(view, x, t, out_cond, out_uncond, w)` returns the guided output."""
 
     name: str
-    options: dict[str, float]
+    combine: Callable[..., torch.Tensor]
+    options: dict[str, float] = field(default_factory=dict)
     affine: bool = True
     ddim_type_only: bool = False
+    always_both_branches: bool = False
 
 
-GUIDANCE_RULES: dict[str, GuidanceRule] = {
-    "cfg": GuidanceRule("cfg", {}),
-    "apg": GuidanceRule("apg", {"eta": 0.0, "momentum": 0.0, "threshold": math.inf}),
-    "cfg++": GuidanceRule("cfg++", {}, affine=False, ddim_type_only=True),
-}
+#: name → rule; filled in below, after the rules' combine functions
+GUIDANCE_RULES: dict[str, GuidanceRule] = {}
 Condition = Mapping[str, torch.Tensor]
 
 
@@ -92,44 +93,54 @@ class ClassLabels:
 class Guidance:
     """How the conditional and unconditional outputs combine (see the module docstring for each rule).
 
-    scale: w (1 = conditional only, 0 = unconditional only). rescale: φ of CFG rescale. interval: (lo, hi] in
-    σ/α where guidance is on. apg_eta / apg_momentum / apg_threshold: APG's η, β and r. batched: one network
-    call on the doubled batch (False: two calls, half the activation memory).
+    scale: w (1 = conditional only, 0 = unconditional only). rule: a name in `GUIDANCE_RULES`. rescale: φ of
+    CFG rescale (rule cfg). interval: (lo, hi] in σ/α where guidance is on. options: the rule's own options
+    (apg: eta, momentum, threshold). batched: one network call on the doubled batch (False: two calls, half the
+    activation memory).
     """
 
     scale: float = 1.0
     rule: str = "cfg"
     rescale: float = 0.0
     interval: tuple[float, float] | None = None
-    apg_eta: float = 0.0
-    apg_momentum: float = 0.0
-    apg_threshold: float = math.inf
+    options: Mapping[str, float] = field(default_factory=dict)
     batched: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("scale", "rescale", "apg_eta", "apg_momentum"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        for name, v in (("scale", self.scale), ("rescale", self.rescale), *self.options.items()):
+            if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v) or (
+                    math.isinf(v) and name != "threshold"):
                 raise UsageError(f"guidance {name} must be a finite number, got {v!r}")
         if self.scale < 0:
             raise UsageError(f"guidance scale must be >= 0, got {self.scale}")
         if self.rule not in GUIDANCE_RULES:
             raise UsageError(f"unknown guidance rule {self.rule!r}; choose one of {', '.join(GUIDANCE_RULES)}")
+        takes = GUIDANCE_RULES[self.rule].options
+        unknown = sorted(set(self.options) - set(takes))
+        if unknown:
+            raise UsageError(f"guidance rule {self.rule!r} takes {', '.join(takes) or 'no options'}; got "
+                             f"{', '.join(unknown)}")
         if not 0 <= self.rescale <= 1:
             raise UsageError(f"guidance rescale φ must lie in [0, 1], got {self.rescale}")
-        if not (self.apg_threshold > 0):
-            raise UsageError(f"apg_threshold must be > 0, got {self.apg_threshold}")
-        if not -1 < self.apg_momentum <= 0:
-            raise UsageError(f"apg_momentum β must lie in (-1, 0] (negative momentum), got {self.apg_momentum}")
+        if self.rescale and self.rule != "cfg":
+            raise UsageError(f"guidance rescale is CFG's (rule cfg), not {self.rule}'s")
+        if not (self.option("threshold", math.inf) > 0):
+            raise UsageError(f"apg threshold must be > 0, got {self.option('threshold')}")
+        if not -1 < self.option("momentum", 0.0) <= 0:
+            raise UsageError(f"apg momentum β must lie in (-1, 0] (negative momentum), got {self.option('momentum')}")
         if self.interval is not None:
             lo, hi = (float(v) for v in self.interval)
             if not (0 <= lo < hi) or math.isnan(hi):
                 raise UsageError(f"guidance interval must be (lo, hi] with 0 <= lo < hi in σ/α, got {self.interval}")
 
+    def option(self, name: str, default: float | None = None) -> float:
+        """The rule's option `name`: as given, else the rule's default."""
+        return self.options.get(name, GUIDANCE_RULES[self.rule].options.get(name, default))
+
     @property
     def trivial(self) -> bool:
-        """True when the result is the conditional output alone (w = 1 with plain cfg)."""
-        return self.scale == 1.0 and self.rule != "cfg++"
+        """True when the result is the conditional output alone (w = 1, a rule that then needs one branch)."""
+        return self.scale == 1.0 and not GUIDANCE_RULES[self.rule].always_both_branches
 
     def scale_at(self, alpha: float, sigma: float) -> float:
         """w at a level: the scale inside the interval, 1 (conditional only) outside it."""
@@ -187,7 +198,7 @@ class Conditioned(Denoiser):
         return w
 
     def branches(self, t: float) -> int:
-        return 1 if self.scale_at(t) == 1.0 and self.guidance.rule != "cfg++" else 2
+        return 1 if self.scale_at(t) == 1.0 and not GUIDANCE_RULES[self.guidance.rule].always_both_branches else 2
 
     def _net_kwargs(self, n: int, doubled: bool, device: torch.device) -> dict[str, torch.Tensor]:
         key = (n, doubled)
@@ -217,46 +228,62 @@ class Conditioned(Denoiser):
         return self._combine(x, t, oc, ou)
 
     def _combine(self, x: torch.Tensor, t: float, oc: torch.Tensor, ou: torch.Tensor) -> torch.Tensor:
-        g = self.guidance
-        w = self.scale_at(t)
-        if g.rule == "cfg++":
-            self._last_uncond = ou
-            return torch.lerp(ou, oc, w)
-        if g.rule == "apg":
-            return self._apg(x, t, oc, ou, w)
-        out = torch.lerp(ou, oc, w) if w != 1.0 else oc
-        if g.rescale > 0 and w != 1.0:
-            dims = tuple(range(1, out.ndim))
-            factor = oc.std(dim=dims, keepdim=True) / out.std(dim=dims, keepdim=True).clamp_min(1e-12)
-            out = out * (g.rescale * factor + (1 - g.rescale))
-        return out
-
-    def _apg(self, x: torch.Tensor, t: float, oc: torch.Tensor, ou: torch.Tensor, w: float) -> torch.Tensor:
-        """Adaptive projected guidance on x̂0, mapped back to the network's output space."""
-        k1, k2, _, _ = self.coeffs(t)
-        if w == 1.0 or k2 == 0.0:
-            return oc
-        g = self.guidance
-        x0c = torch.add(oc * k2, x, alpha=k1)
-        diff = (oc - ou) * k2  # x̂0_c − x̂0_u
-        if g.apg_momentum != 0.0:
-            if self._momentum is not None:
-                diff = diff + g.apg_momentum * self._momentum
-            self._momentum = diff
-        dims = tuple(range(1, x.ndim))
-        if math.isfinite(g.apg_threshold):
-            norm = diff.flatten(1).norm(dim=1).reshape(-1, *([1] * (x.ndim - 1)))
-            diff = diff * (g.apg_threshold / norm.clamp_min(1e-12)).clamp(max=1.0)
-        unit = x0c / x0c.flatten(1).norm(dim=1).clamp_min(1e-12).reshape(-1, *([1] * (x.ndim - 1)))
-        par = (diff * unit).sum(dims, keepdim=True) * unit
-        x0 = x0c + (w - 1) * ((diff - par) + g.apg_eta * par)
-        return (x0 - k1 * x) / k2
+        return GUIDANCE_RULES[self.guidance.rule].combine(self, x, t, oc, ou, self.scale_at(t))
 
     def split(self, x: torch.Tensor, t: float, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         eps, x0 = super().split(x, t, out)
-        if self.guidance.rule == "cfg++" and self._last_uncond is not None:
+        if self._last_uncond is not None:
             eps = self.eps_from_output(x, t, self._last_uncond)  # CFG++: renoise with ε_u
         return eps, x0
+
+
+def _cfg(view: Conditioned, x: torch.Tensor, t: float, oc: torch.Tensor, ou: torch.Tensor, w: float) -> torch.Tensor:
+    """D_u + w (D_c − D_u), then CFG rescale φ (Lin et al. 2024, eqs. 15–16)."""
+    if w == 1.0:
+        return oc
+    out = torch.lerp(ou, oc, w)
+    phi = view.guidance.rescale
+    if phi > 0:
+        dims = tuple(range(1, out.ndim))
+        factor = oc.std(dim=dims, keepdim=True) / out.std(dim=dims, keepdim=True).clamp_min(1e-12)
+        out = out * (phi * factor + (1 - phi))
+    return out
+
+
+def _cfgpp(view: Conditioned, x: torch.Tensor, t: float, oc: torch.Tensor, ou: torch.Tensor, w: float
+           ) -> torch.Tensor:
+    """CFG++ (Chung et al. 2024, Alg. 1): x̂0 from the guided output, ε from the unconditional one (`split`)."""
+    view._last_uncond = ou
+    return torch.lerp(ou, oc, w)
+
+
+def _apg(view: Conditioned, x: torch.Tensor, t: float, oc: torch.Tensor, ou: torch.Tensor, w: float) -> torch.Tensor:
+    """Adaptive projected guidance (Sadat et al. 2025, eqs. 7–10) on x̂0, mapped back to the output space."""
+    k1, k2, _, _ = view.coeffs(t)
+    if w == 1.0 or k2 == 0.0:
+        return oc
+    g = view.guidance
+    eta, beta, r = g.option("eta"), g.option("momentum"), g.option("threshold")
+    x0c = torch.add(oc * k2, x, alpha=k1)
+    diff = (oc - ou) * k2  # x̂0_c − x̂0_u
+    if beta != 0.0:
+        if view._momentum is not None:
+            diff = diff + beta * view._momentum
+        view._momentum = diff
+    dims = tuple(range(1, x.ndim))
+    if math.isfinite(r):
+        norm = diff.flatten(1).norm(dim=1).reshape(-1, *([1] * (x.ndim - 1)))
+        diff = diff * (r / norm.clamp_min(1e-12)).clamp(max=1.0)
+    unit = x0c / x0c.flatten(1).norm(dim=1).clamp_min(1e-12).reshape(-1, *([1] * (x.ndim - 1)))
+    par = (diff * unit).sum(dims, keepdim=True) * unit
+    x0 = x0c + (w - 1) * ((diff - par) + eta * par)
+    return (x0 - k1 * x) / k2
+
+
+for _rule in (GuidanceRule("cfg", _cfg),
+              GuidanceRule("apg", _apg, {"eta": 0.0, "momentum": 0.0, "threshold": math.inf}),
+              GuidanceRule("cfg++", _cfgpp, affine=False, ddim_type_only=True, always_both_branches=True)):
+    GUIDANCE_RULES[_rule.name] = _rule
 
 
 def bind(den: Denoiser, condition: Any = None, guidance: Guidance | float | None = None,
