@@ -72,8 +72,9 @@ class _Run(BaseModel):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = "cpu"
     compile: bool = False
-    batch_invariant: bool = Field(False, description="every network call has the same row count: a sample's bits "
-                                  "do not depend on the batch around it")
+    batch_invariant: bool | PositiveInt = Field(False, description="every network call has the same row count "
+                                                "(true: 16, or the count given), so a sample's bits do not depend "
+                                                "on the batch around it")
     preview_every: PositiveInt | None = Field(None, description="call the preview callback with x̂0 every k steps")
 
     @field_validator("spacing")

@@ -15,7 +15,7 @@ from .run import Callback, RunStats, StepInfo
 from .samplers import get_sampler
 
 #: rows per network call in batch-invariant mode (measured: `ddim bench overhead`, docs/benchmarks.md)
-BATCH_INVARIANT_CHUNK = 32
+BATCH_INVARIANT_CHUNK = 16
 
 
 def invariant(denoiser: Denoiser, batch_invariant: bool | int) -> Denoiser:
