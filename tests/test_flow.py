@@ -202,7 +202,7 @@ def test_flow_training_run_and_its_diffusers_folder_sample(tmp_path):
                 log=lambda *a: None)
     for spec in (run, run / "diffusers"):
         d = load_model(spec).denoiser
-        assert d.prediction_type == "flow" and d.path.kind == "flow"
+        assert d.prediction_type == "flow_prediction" and d.path.kind == "flow"
         x = sample(d, (2, 1, 8, 8), steps=4)
         assert torch.isfinite(x).all()
     with pytest.raises(UsageError, match="flow"):
@@ -233,7 +233,7 @@ def test_transformer_flow_folder_loads_and_samples_under_guidance(tmp_path):
     FlowMatchEulerDiscreteScheduler(shift=2.0).save_pretrained(tmp_path / "m" / "scheduler")
     m = load_model(tmp_path / "m")
     d = m.denoiser
-    assert d.prediction_type == "flow" and d.conditioning.num_classes == 10 and d.sample_shape == (1, 8, 8)
+    assert d.prediction_type == "flow_prediction" and d.conditioning.num_classes == 10 and d.sample_shape == (1, 8, 8)
     x, st = sample(d, (3, 1, 8, 8), steps=4, condition=[1, 2, 3], guidance=2.0, return_stats=True)
     assert torch.isfinite(x).all() and st.nfe == 8
     # the same as diffusers' scheduler driving the network by hand (the learned-variance half dropped)

@@ -23,7 +23,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                  "conditional": True if args.conditional else None}
     given = {k: v for k, v in overrides.items() if v is not None}
     if given.get("objective") in ("flow", "flow_matching"):
-        given.setdefault("prediction_type", "flow")
+        given.setdefault("prediction_type", "flow_prediction")
     cfg = TrainConfig.from_file(args.config, **given) if args.config else TrainConfig.from_dict(given, "flags")
     t0 = time.perf_counter()
     if args.resume is not None:  # the run's saved config rules; only --steps may extend it
@@ -48,7 +48,7 @@ def cmd_reflow(args: argparse.Namespace) -> int:
     given = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                                 "warmup": args.warmup, "ema_decay": args.ema_decay, "seed": args.seed,
                                 "checkpoint_every": args.checkpoint_every}.items() if v is not None}
-    cfg = TrainConfig.from_dict({**given, "objective": "flow_matching", "prediction_type": "flow"}, "flags")
+    cfg = TrainConfig.from_dict({**given, "objective": "flow_matching", "prediction_type": "flow_prediction"}, "flags")
     t0 = time.perf_counter()
     run = reflow(args.model, args.out, n_pairs=args.pairs, pair_steps=args.pair_steps, pair_sampler=args.pair_sampler,
                  train_config=cfg)

@@ -5,7 +5,7 @@ exit belong to the run (`ddim.core.run`). For x_t = α x0 + σ ε (any path):
   epsilon:       x̂0 = (x − σ ε̂)/α                         (DDIM eq. 9)
   sample:        ε̂ = (x − α x̂0)/σ
   v_prediction:  v = α ε − σ x0, so x̂0 = (α x − σ v)/(α² + σ²), ε̂ = (σ x + α v)/(α² + σ²)  (Salimans & Ho 2022)
-  flow:          u = ε − x0 (the rectified-flow velocity; dx/dσ on the flow path α = 1 − σ),
+  flow_prediction: u = ε − x0 (the rectified-flow velocity; dx/dσ on the flow path α = 1 − σ),
                  so x̂0 = (x − σ u)/(α + σ), ε̂ = (x + α u)/(α + σ)   (Liu et al. 2023; Lipman et al. 2023)
 Without clipping both are affine in (x, out): x̂0 = k1 x + k2 out, ε̂ = k3 x + k4 out, which samplers fold
 into their own precomputed float64 coefficients.
@@ -22,18 +22,21 @@ import torch
 from .errors import ModelOutputError, UsageError
 from .path import NoisePath
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
+#: earlier names that keep working (run folders written before the rename say "flow")
+PREDICTION_ALIASES = {"flow": "flow_prediction"}
 Affine = tuple[float, float, float, float]
 
 
 def affine_coefficients(prediction_type: str, alpha: float, sigma: float) -> Affine:
     """(k1, k2, k3, k4) with x̂0 = k1 x + k2 out and ε̂ = k3 x + k4 out; NaN marks an undefined x̂0
     (an epsilon model at α = 0)."""
+    prediction_type = PREDICTION_ALIASES.get(prediction_type, prediction_type)
     if prediction_type == "epsilon":
         return (1 / alpha, -sigma / alpha, 0.0, 1.0) if alpha > 0 else (math.nan, math.nan, 0.0, 1.0)
     if prediction_type == "sample":
         return (0.0, 1.0, 1 / sigma, -alpha / sigma) if sigma > 0 else (0.0, 1.0, 0.0, 0.0)
-    if prediction_type == "flow":
+    if prediction_type == "flow_prediction":
         n = alpha + sigma
         return (1 / n, -sigma / n, 1 / n, alpha / n)
     n = alpha * alpha + sigma * sigma
@@ -44,13 +47,14 @@ def output_from(prediction_type: str, alpha: float, sigma: float, eps: torch.Ten
                 ) -> torch.Tensor:
     """What a network of `prediction_type` outputs for a given (ε, x0) at level (α, σ): with
     `affine_coefficients` this converts among all four prediction types."""
+    prediction_type = PREDICTION_ALIASES.get(prediction_type, prediction_type)
     if prediction_type == "epsilon":
         return eps
     if prediction_type == "sample":
         return x0
     if prediction_type == "v_prediction":
         return alpha * eps - sigma * x0
-    if prediction_type == "flow":
+    if prediction_type == "flow_prediction":
         return eps - x0
     raise UsageError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}")
 
@@ -97,6 +101,7 @@ class Denoiser:
         if not isinstance(path, NoisePath):
             raise UsageError(f"path must be a NoisePath (NoiseSchedule or ContinuousPath), "
                              f"got {type(path).__name__}")
+        prediction_type = PREDICTION_ALIASES.get(prediction_type, prediction_type)
         if prediction_type not in PREDICTION_TYPES:
             raise UsageError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}")
         if clip_sample is not None and not (clip_sample > 0 and math.isfinite(clip_sample)):

@@ -74,7 +74,7 @@ def read_scheduler_config(config: dict[str, Any] | str | Path) -> tuple[dict[str
             want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise UsageError(f"{where}: {key} must be {want}, got {json.dumps(v)[:60]}")
         out[key] = v
-    grid_types = [p for p in PREDICTION_TYPES if p != "flow"]  # velocity models come with a FlowMatch scheduler
+    grid_types = [p for p in PREDICTION_TYPES if p != "flow_prediction"]  # velocity models: a FlowMatch scheduler
     if out["prediction_type"] not in grid_types:
         raise UsageError(f"{where}: unknown prediction_type {out['prediction_type']!r} for a β-schedule scheduler; "
                          f"choose one of {', '.join(grid_types)} (flow models use FlowMatchEulerDiscreteScheduler)")
@@ -203,8 +203,8 @@ def denoiser_from_config(net: Callable[..., Any] | None, config: dict[str, Any] 
     raw, where = _raw_config(config)
     if is_flow_config(raw):
         seq = (sample_shape[-1] // 2) * (sample_shape[-2] // 2) if sample_shape and len(sample_shape) == 3 else None
-        return Denoiser(net, flow_path_from_config(raw, where, seq), prediction_type="flow", sample_shape=sample_shape,
-                        **denoiser_kw)
+        return Denoiser(net, flow_path_from_config(raw, where, seq), prediction_type="flow_prediction",
+                        sample_shape=sample_shape, **denoiser_kw)
     c, _ = read_scheduler_config(config)
     clip = float(c["clip_sample_range"]) if c["clip_sample"] else None
     return Denoiser(net, schedule_from_config(c), prediction_type=c["prediction_type"], clip_sample=clip,

@@ -9,7 +9,7 @@ import torch
 
 from ..core.errors import CheckpointError
 from ..core.guidance import ClassLabels
-from ..core.prediction import PREDICTION_TYPES, Denoiser
+from ..core.prediction import PREDICTION_ALIASES, PREDICTION_TYPES, Denoiser
 from ..models.registry import build_model
 from . import checkpoint as ck
 from .config import schedule_from_config
@@ -36,7 +36,7 @@ def check_run_config(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     shape = cfg.get("sample_shape")
     if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d > 0 for d in shape):
         raise CheckpointError(f"{where}: sample_shape must be a list of positive integers, got {shape!r}")
-    if cfg.get("prediction_type") not in PREDICTION_TYPES:
+    if cfg.get("prediction_type") not in (*PREDICTION_TYPES, *PREDICTION_ALIASES):
         raise CheckpointError(f"{where}: prediction_type must be one of {PREDICTION_TYPES}, "
                               f"got {cfg.get('prediction_type')!r}")
     if not isinstance(cfg.get("schedule"), dict):

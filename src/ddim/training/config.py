@@ -10,7 +10,7 @@ from typing import Any
 
 from ..core.errors import UsageError
 from ..core.path import ContinuousPath, FlowShift, NoisePath
-from ..core.prediction import PREDICTION_TYPES
+from ..core.prediction import PREDICTION_ALIASES, PREDICTION_TYPES
 from ..core.schedule import NoiseSchedule
 
 SCHEDULES = ("linear", "scaled_linear", "cosine")
@@ -78,14 +78,15 @@ class TrainConfig:
             raise UsageError(f"lr must be a positive number, got {self.lr}")
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        self.prediction_type = PREDICTION_ALIASES.get(self.prediction_type, self.prediction_type)
         if self.prediction_type not in PREDICTION_TYPES:
             raise UsageError(f"unknown prediction_type {self.prediction_type!r}")
         self.objective = OBJECTIVE_ALIASES.get(self.objective, self.objective)
         if self.objective not in OBJECTIVES:
             raise UsageError(f"{where}: unknown objective {self.objective!r}; choose one of {OBJECTIVES}")
-        if (self.objective == "flow_matching") != (self.prediction_type == "flow"):
-            raise UsageError(f"{where}: the flow_matching objective trains prediction_type 'flow' (velocity ε − x0), "
-                             "and only it does; ddpm takes epsilon, sample or v_prediction")
+        if (self.objective == "flow_matching") != (self.prediction_type == "flow_prediction"):
+            raise UsageError(f"{where}: the flow_matching objective trains prediction_type 'flow_prediction' "
+                             "(velocity ε − x0), and only it does; ddpm takes epsilon, sample or v_prediction")
         if self.time_sampling not in TIME_SAMPLINGS:
             raise UsageError(f"{where}: unknown time_sampling {self.time_sampling!r}; choose one of {TIME_SAMPLINGS}")
         if self.time_sampling != "uniform" and self.objective != "flow_matching":

@@ -48,7 +48,7 @@ def reflow(model: str | Path, out: str | Path, *, n_pairs: int = 20000, pair_ste
 
     out = Path(out)
     den = load_model(model).denoiser
-    if den.prediction_type != "flow":
+    if den.prediction_type != "flow_prediction":
         raise UsageError(f"reflow needs a flow-matching model (prediction_type flow), {model} predicts "
                          f"{den.prediction_type}")
     pairs = out / "pairs.npz"
@@ -62,6 +62,6 @@ def reflow(model: str | Path, out: str | Path, *, n_pairs: int = 20000, pair_ste
         atomic_write_bytes(pairs, buf.getvalue())
         log(f"wrote {n_pairs} (noise, sample) pairs from {pair_sampler} {pair_steps} steps to {pairs}")
     cfg = dataclasses.replace(train_config or TrainConfig(), data="pairs", objective="flow_matching",
-                              prediction_type="flow", pairs=str(pairs), init_from=str(model))
+                              prediction_type="flow_prediction", pairs=str(pairs), init_from=str(model))
     run = out / "run"
     return train(None, run, resume=True) if (run / "latest").exists() else train(cfg, run, progress=progress)
