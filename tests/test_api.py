@@ -187,3 +187,16 @@ def test_model_is_immutable_and_students_are_separate_denoisers():
     with pytest.raises(AttributeError):
         m.denoiser = None
     assert m.denoiser_for(1) is not m.denoiser_for(4) and m.denoiser_for(1).net is not m.denoiser_for(4).net
+
+
+def test_guidance_settings_without_a_condition_are_refused_not_ignored():
+    for g in ({"rule": "apg"}, {"rescale": 0.5}, {"scale": 3.0}, {"two_calls": True}):
+        with pytest.raises(UsageError, match="guidance needs classes"):
+            run(_req(n=1, guidance=g))
+    assert run(_req(n=1, guidance={"scale": 1.0})).main.shape == (1, 1, 8, 8)  # w = 1 is no guidance
+
+
+def test_library_runs_above_batch_use_a_scratch_shard_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = run(_req(n=5, batch=2, steps=2)).main
+    assert list(tmp_path.iterdir()) == [] and np.array_equal(a, run(_req(n=5, steps=2)).main)

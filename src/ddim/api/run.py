@@ -5,6 +5,7 @@ and returns a `Result`: arrays, the run's counts and provenance (request, model 
 from __future__ import annotations
 
 import platform
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,10 +21,11 @@ from ..core.prediction import Denoiser, fixed_rows
 from ..core.run import RunStats, StepInfo
 from ..core.sample import invariant, resolve_timesteps
 from ..models.contract import Model, SamplingPlan
-from .request import check_sampler_options
+from .request import GuidanceSpec, check_sampler_options
 from .store import ModelStore
 
 _DEFAULT_STORE = ModelStore()
+_NO_GUIDANCE = GuidanceSpec().model_dump()
 #: tasks built on DDIM inversion: their sampler is DDIM (η = 0)
 _INVERSION_TASKS = ("invert", "reconstruct", "edit", "interpolate", "likelihood")
 
@@ -146,7 +148,8 @@ def conditioning(req: Any, model: Model, n: int, labels: torch.Tensor | None = N
         return {"condition": model.condition(prompts), "uncond": unc, "guidance": g}
     cond = torch.tensor(_cycled(req.classes, n)) if req.classes is not None else labels
     if cond is None:
-        if req.guidance.scale is not None and not g.trivial:
+        unused = {k: v for k, v in req.guidance.model_dump().items() if k != "scale" and v != _NO_GUIDANCE[k]}
+        if unused or (req.guidance.scale is not None and not g.trivial):
             raise UsageError("guidance needs classes (a class-conditional model) or a prompt (a text-to-image model)")
         return {}
     return {"condition": cond, "guidance": g}
@@ -216,9 +219,12 @@ def _sample(req: Any, model: Model, ctx: _Ctx):
                           callback=cb, progress=ctx.progress, device=device, **kw)
         z = _np(z)
     else:
-        shards = ctx.shards or Path(f".ddim-shards-{model.fingerprint[:12]}")
-        z, stats = draw(den, shape, req.n, batch=req.batch, seed=req.seed,
-                        shard_folder=shards, dist=ctx.dist, progress=ctx.progress, callback=cb, device=device, **kw)
+        if ctx.shards is None and ctx.dist is not None and ctx.dist.active:
+            raise UsageError("a torchrun job needs a shared shard folder: pass shards=")
+        with tempfile.TemporaryDirectory() as tmp:  # shards go to ctx.shards (resumable) or a scratch folder
+            z, stats = draw(den, shape, req.n, batch=req.batch, seed=req.seed,
+                            shard_folder=ctx.shards or Path(tmp) / "shards", dist=ctx.dist, progress=ctx.progress,
+                            callback=cb, device=device, **kw)
     if z is None:  # another torchrun rank: rank 0 holds the samples
         return "samples", {}, {}, [], stats, plan
     images = _np(_decode(model, torch.from_numpy(z).to(device), den.chunk)) if model.codec is not None else z

@@ -15,8 +15,13 @@ def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
 
 
 def _guidance(args: argparse.Namespace) -> dict[str, Any]:
-    g: dict[str, Any] = {"rule": args.guidance_rule, "rescale": args.guidance_rescale,
-                         "two_calls": args.cfg_two_calls}
+    g: dict[str, Any] = {}
+    if args.guidance_rule != "cfg":
+        g["rule"] = args.guidance_rule
+    if args.guidance_rescale:
+        g["rescale"] = args.guidance_rescale
+    if args.cfg_two_calls:
+        g["two_calls"] = True
     if args.guidance is not None:
         g["scale"] = args.guidance
     if args.guidance_interval:
