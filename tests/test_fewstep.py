@@ -239,18 +239,18 @@ def test_shipped_distilled_model_samples_at_its_step_counts():
 def test_distillation_teacher_solver_converges_at_its_order_per_sample():
     """The first round's teacher targets: DPM-Solver++(2M) over a student step is far closer to the exact
     PF-ODE than the same number of DDIM steps, with per-sample start levels in one batch."""
-    from ddim.training.distill import _teacher_solve
+    from ddim.training.distill import _teacher_solve, teacher_tables
 
     sched = NoiseSchedule.linear(1000)
     net = mog3().eps_model(sched)
     abar = torch.cat([sched.alphas_cumprod.float(), torch.ones(1)])
-    starts = torch.tensor([999, 749, 499, 249])  # the 4-step trailing grid's steps, one per sample
     x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
 
     def solve(n: int, solver: str) -> torch.Tensor:
-        ts = [(starts - (250 * j) // n).clamp(min=0) for j in range(n)] + [starts - 249]
-        ts[-1] = torch.where(starts == 249, torch.full_like(starts, 1000), ts[-1])
-        return _teacher_solve(net, "epsilon", x, ts, [abar[t] for t in ts], solver)
+        """Sample b walks the b-th student step (of 4, trailing) of the 4n-step trailing list, n substeps."""
+        levels = torch.cat([sched.timesteps(4 * n, "trailing").long(), torch.tensor([1000])])
+        tables = teacher_tables(sched, levels[:-1])
+        return _teacher_solve(net, "epsilon", x, levels, abar, tables, torch.arange(4) * n, n, solver)
 
     ref = solve(250, "dpmpp_2m")
     err = {(s, n): float((solve(n, s) - ref).norm()) for s in ("ddim", "dpmpp_2m") for n in (4, 8)}

@@ -48,30 +48,30 @@ def _x0(net: torch.nn.Module, pred: str, x: torch.Tensor, t: torch.Tensor, abar_
     return _b(k1, x) * x + _b(k2, x) * _out(net, x, t)
 
 
-def _ddim(net: torch.nn.Module, pred: str, x: torch.Tensor, t: torch.Tensor, abar_t: torch.Tensor,
-          abar_s: torch.Tensor) -> torch.Tensor:
-    """One batched DDIM (η = 0) step from per-sample levels t (ᾱ_t) to ᾱ_s (eq. 12)."""
-    return _teacher_solve(net, pred, x, [t, None], [abar_t, abar_s], "ddim")
-
-
-def _teacher_solve(net: torch.nn.Module, pred: str, x: torch.Tensor, ts: list[Any], abars: list[torch.Tensor],
+def _teacher_solve(net: torch.nn.Module, pred: str, x: torch.Tensor, levels: torch.Tensor, abar: torch.Tensor,
+                   tables: dict[int, tuple[torch.Tensor, torch.Tensor]], start: torch.Tensor, steps: int,
                    solver: str) -> torch.Tensor:
-    """Integrate the PF-ODE from x over per-sample levels ts[0] → … → ts[-1] (ᾱ in `abars`; ᾱ = 1 is the data)
-    with DDIM steps (eq. 12) or DPM-Solver++(2M) (Lu et al. 2022, Alg. 2; first order on the first step and
-    on a step that ends at the data, where λ = ∞)."""
-    x0_prev = h_prev = None
-    for j in range(len(ts) - 1):
-        a_t, a_s = abars[j], abars[j + 1]
-        x0 = _x0(net, pred, x, ts[j], a_t)
-        al_t, si_t = a_t.sqrt(), (1 - a_t).sqrt()
-        al_s, si_s = a_s.sqrt(), (1 - a_s).clamp_min(0).sqrt()
-        d, h = x0, (al_s / si_s).log() - (al_t / si_t).log()  # h = λ_s − λ_t (∞ at the data)
-        if solver == "dpmpp_2m" and x0_prev is not None:
-            c = torch.where(torch.isfinite(h), h / (2 * h_prev), torch.zeros_like(h))  # 1 / (2 r)
-            d = _b(1 + c, x) * x0 - _b(c, x) * x0_prev
-        x = _b(si_s / si_t, x) * x + _b(al_s - si_s / si_t * al_t, x) * d  # = (σ_s/σ_t) x − α_s (e^{−h} − 1) D
-        x0_prev, h_prev = x0, h
+    """Integrate the PF-ODE from x, sample b from entry start[b] of one decreasing list `levels` over `steps`
+    entries, with the core's DDIM (η = 0) or DPM-Solver++(2M) coefficients of that list (`tables`, from
+    `core.samplers.dpmpp.step_tables`; each sample's first step first order, as it has no history)."""
+    x0_prev = None
+    for j in range(steps):
+        i = start + j
+        t = levels[i]
+        x0 = _x0(net, pred, x, t, abar[t])
+        A, C = tables[1 if j == 0 or solver == "ddim" else 2]
+        x_next = _b(A[i], x) * x + _b(C[i, 0], x) * x0
+        if j > 0 and solver == "dpmpp_2m":
+            x_next = x_next + _b(C[i, 1], x) * x0_prev
+        x, x0_prev = x_next, x0
     return x
+
+
+def teacher_tables(path: Any, levels: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """The first- and second-order step tables of the teacher's list (the data after its last entry)."""
+    from ..core.samplers.dpmpp import step_tables
+
+    return {o: step_tables(path, levels.double(), o) for o in (1, 2)}
 
 
 def _student_x0(student: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
@@ -162,6 +162,7 @@ def _round(student: torch.nn.Module, teacher: torch.nn.Module, teacher_pred: str
     T = sched.T
     if n_student is not None:  # the substeps·n trailing grid nests the student's n-step trailing grid
         t_teacher = torch.cat([sched.timesteps(substeps * n_student, "trailing").long(), torch.tensor([T])])
+        tables = teacher_tables(sched, t_teacher[:-1])
     opt = torch.optim.AdamW(student.parameters(), lr=lr)
     it = range(iters)
     if progress:
@@ -183,9 +184,9 @@ def _round(student: torch.nn.Module, teacher: torch.nn.Module, teacher_pred: str
             if n_student is None:
                 target = _x0(teacher, teacher_pred, x_t, t, a_t)
             else:
-                ts = [t_teacher[substeps * k + j] for j in range(substeps + 1)]  # index T: the data
-                x_end = _teacher_solve(teacher, teacher_pred, x_t, ts, [abar[u] for u in ts], solver)
-                a_e = abar[ts[-1]]
+                x_end = _teacher_solve(teacher, teacher_pred, x_t, t_teacher, abar, tables, substeps * k, substeps,
+                                       solver)
+                a_e = abar[t_teacher[substeps * (k + 1)]]  # index T: the data
                 ratio = ((1 - a_e) / (1 - a_t)).sqrt()  # σ_t''/σ_t
                 target = (x_end - _b(ratio, x_t) * x_t) / _b(a_e.sqrt() - ratio * a_t.sqrt(), x_t)
         w = (a_t / (1 - a_t)).clamp(min=1.0)  # truncated SNR weighting
@@ -256,6 +257,8 @@ def consistency_distill(teacher: str | Path, out: str | Path, *, skip: int = 20,
                          f"{tden.sample_shape}")
     T = sched.T
     grid = torch.arange(1, T // skip + 1) * skip - 1  # LCM's skip grid: 19, 39, …, 999
+    levels = grid.flip(0)  # the teacher's DDIM list, 999 → 19 (t_n → t_{n−1} is one step of it)
+    tables = teacher_tables(sched, levels)
     abar = sched.alphas_cumprod.float()
     pred = tden.prediction_type
     teacher = copy.deepcopy(tden.net).eval().requires_grad_(False)
@@ -284,7 +287,7 @@ def consistency_distill(teacher: str | Path, out: str | Path, *, skip: int = 20,
         t_hi, t_lo = grid[n], grid[n - 1]
         x_hi = _b(abar[t_hi].sqrt(), x0) * x0 + _b((1 - abar[t_hi]).sqrt(), x0) * noise
         with torch.no_grad():
-            x_lo = _ddim(teacher, pred, x_hi, t_hi, abar[t_hi], abar[t_lo])
+            x_lo = _teacher_solve(teacher, pred, x_hi, levels, abar, tables, len(grid) - 1 - n, 1, "ddim")
             y = f(target_net, x_lo, t_lo)
         d = (f(student, x_hi, t_hi) - y).flatten(1)
         loss = ((d.pow(2).sum(1) + huber_c**2).sqrt() - huber_c).mean()  # pseudo-Huber (iCT)

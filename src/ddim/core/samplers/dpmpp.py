@@ -14,7 +14,7 @@ import torch
 
 from ..errors import UsageError
 from ..noise import NoiseLike, noise_fn
-from ..path import Levels
+from ..path import Levels, NoisePath
 from ..prediction import Denoiser
 from ..run import Callback, StepInfo, Tracked
 from .base import cached_plan, lincomb, register
@@ -60,6 +60,16 @@ def dpmpp_coefficients(lv: Levels, i: int, order: int) -> tuple[float, list[floa
             d2 = (d1_0 - d1_1) / (r0 + r1)
             c = c + a_next * (phi / h + 1) * d1 + a_next * (1 - 2 * (phi + h) / h**2) * d2
     return A, c.tolist()
+
+
+def step_tables(path: NoisePath, timesteps: torch.Tensor, order: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The coefficients of every step of a list at one order as tensors (A (n,), C (n, 3)), with
+    x_{i+1} = A[i] x_i + Σ_k C[i, k] x̂0_{i−k}; order 1 is DDIM (η = 0). Step 0 is first order (no history).
+    For batches whose samples walk different stretches of one list (distillation's teacher): gather rows."""
+    lv = Levels(path, timesteps)
+    rows = [dpmpp_coefficients(lv, i, min(order, i + 1)) for i in range(len(lv))]
+    return (torch.tensor([a for a, _ in rows], dtype=torch.float32),
+            torch.tensor([c for _, c in rows], dtype=torch.float32))
 
 
 def dpmpp_plan(den: Denoiser, timesteps: torch.Tensor, order: int) -> tuple[list, list[MultistepStep]]:
