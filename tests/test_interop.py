@@ -133,3 +133,22 @@ def test_dpmpp_scheduler_in_a_pipeline_matches_our_sampler_and_diffusers(unet):
     s = DPMSolverMultistepScheduler(solver_order=3)
     s.set_timesteps(10)
     assert len(s.timesteps) == 10 and int(s.timesteps[0]) == 999
+
+
+def test_drop_in_takes_trained_betas_as_an_array_and_few_train_timesteps():
+    """diffusers accepts numpy trained_betas and num_train_timesteps below 50; so do ours (issue 22's first fixes)."""
+    import numpy as np
+    from diffusers import DDIMScheduler as TheirDDIM
+
+    from ddim.diffusers import DDIMScheduler
+
+    betas = np.linspace(1e-4, 0.02, 1000)
+    assert torch.allclose(DDIMScheduler(trained_betas=betas).alphas_cumprod.double(),
+                          TheirDDIM(trained_betas=betas).alphas_cumprod.double(), rtol=1e-6)
+    kw = {"num_train_timesteps": 20, "timestep_spacing": "trailing"}
+    ours, theirs = DDIMScheduler(**kw), TheirDDIM(**kw)
+    ours.set_timesteps(5)
+    theirs.set_timesteps(5)
+    assert ours.timesteps.tolist() == theirs.timesteps.tolist()
+    with pytest.raises(ValueError, match="trained_betas must be"):
+        DDIMScheduler(trained_betas=np.array([["a"]]))

@@ -60,6 +60,14 @@ def _raw_config(config: dict[str, Any] | str | Path) -> tuple[dict[str, Any], st
     return read_json(path), str(path)
 
 
+def _shown(v: Any) -> str:
+    """A value for an error message: its JSON when it has one, else its repr (never a second error)."""
+    try:
+        return json.dumps(v)[:60]
+    except (TypeError, ValueError):
+        return repr(v)[:60]
+
+
 def read_scheduler_config(config: dict[str, Any] | str | Path) -> tuple[dict[str, Any], str]:
     """(validated config with defaults filled in, where it came from) from a dict or a scheduler_config.json."""
     config, where = _raw_config(config)
@@ -69,10 +77,12 @@ def read_scheduler_config(config: dict[str, Any] | str | Path) -> tuple[dict[str
     out: dict[str, Any] = {}
     for key, (types, default) in _SCHEDULE_KEYS.items():
         v = config.get(key, default)
+        if key == "trained_betas" and isinstance(v, np.ndarray | tuple):  # diffusers takes arrays here too
+            v = np.asarray(v).tolist()
         ok = isinstance(v, types) and not (isinstance(v, bool) and bool not in types)
         if not ok or (isinstance(v, float) and not math.isfinite(v)):
             want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-            raise UsageError(f"{where}: {key} must be {want}, got {json.dumps(v)[:60]}")
+            raise UsageError(f"{where}: {key} must be {want}, got {_shown(v)}")
         out[key] = v
     grid_types = [p for p in PREDICTION_TYPES if p != "flow_prediction"]  # velocity models: a FlowMatch scheduler
     if out["prediction_type"] not in grid_types:
@@ -121,7 +131,7 @@ def flow_path_from_config(config: dict[str, Any], where: str = "scheduler config
         if not isinstance(v, types) or (isinstance(v, bool) and bool not in types) or (
                 isinstance(v, float) and not math.isfinite(v)):
             want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-            raise UsageError(f"{where}: {key} must be {want}, got {json.dumps(v)[:60]}")
+            raise UsageError(f"{where}: {key} must be {want}, got {_shown(v)}")
         c[key] = v
     for key in ("invert_sigmas", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"):
         if c[key]:
@@ -154,7 +164,7 @@ def schedule_from_config(config: dict[str, Any] | str | Path) -> NoisePath:
         return flow_path_from_config(raw, where)
     c, where = read_scheduler_config(config)
     T, rescale, spacing = c["num_train_timesteps"], c["rescale_betas_zero_snr"], c["timestep_spacing"]
-    orig = raw.get("original_inference_steps", 50)
+    orig = raw.get("original_inference_steps", min(50, T))  # an LCM/TCD key: validated when given
     if isinstance(orig, bool) or not isinstance(orig, int) or not 1 <= orig <= T:
         raise UsageError(f"{where}: original_inference_steps must be an integer in 1..{T}, got {orig!r}")
     kw = {"steps_offset": c["steps_offset"], "spacing": spacing, "set_alpha_to_one": c["set_alpha_to_one"],
