@@ -19,8 +19,6 @@ from ..core.guidance import GUIDANCE_RULES
 from ..core.path import CONTINUOUS_SPACINGS
 from ..core.schedule import SPACINGS
 
-DTYPES = ("float32", "float16", "bfloat16")
-INVERSIONS = ("naive", "refined", "negative")
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]

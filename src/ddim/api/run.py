@@ -17,7 +17,7 @@ import torch
 
 from ..core.errors import UsageError
 from ..core.guidance import Guidance
-from ..core.prediction import Denoiser, fixed_rows
+from ..core.prediction import fixed_rows
 from ..core.run import RunStats, StepInfo
 from ..core.sample import invariant, resolve_timesteps
 from ..models.contract import Model, SamplingPlan
@@ -344,10 +344,3 @@ _TASKS: dict[str, Callable[[Any, Model, _Ctx], tuple]] = {
     "sample": _sample, "img2img": _img2img, "invert": _invert, "reconstruct": _invert, "edit": _edit,
     "interpolate": _interpolate, "likelihood": _likelihood,
 }
-
-
-def denoiser_of(request: Any, store: ModelStore | None = None) -> Denoiser:
-    """The denoiser a request's run would use (model defaults, shift and batch invariance applied)."""
-    store = store or _DEFAULT_STORE
-    model = store.get(request.model, request.device, request.dtype, request.compile)
-    return resolve_plan(request, model).denoiser

@@ -22,9 +22,6 @@ import torch
 from ..core.errors import UsageError
 from ..core.prediction import Denoiser
 
-#: what a model may be conditioned on
-CONDITION_KINDS = ("class", "prompt")
-
 
 class Codec(Protocol):
     """Images ⇄ the space the denoiser works in."""
@@ -34,22 +31,6 @@ class Codec(Protocol):
     def encode(self, images: torch.Tensor) -> torch.Tensor: ...
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
-
-
-@dataclass(frozen=True)
-class IdentityCodec:
-    """A pixel-space model: images are the samples."""
-
-    image_shape: tuple[int, ...]
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        if tuple(images.shape[1:]) != self.image_shape:
-            raise UsageError(f"inputs have sample shape {tuple(images.shape[1:])}, the model takes "
-                             f"{self.image_shape}")
-        return images
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return latents
 
 
 @dataclass(frozen=True)
@@ -97,7 +78,7 @@ class Model:
     format: str
     denoiser: Denoiser
     sample_shape: tuple[int, ...]
-    condition_kind: str | None = None
+    condition_kind: str | None = None  # "class", "prompt" or None (unconditional)
     codec: Codec | None = None
     #: prompt models: an object with `condition(prompts) -> network kwargs` (the text encoders)
     encoder: Any = None

@@ -24,7 +24,6 @@ from ._folder import network_denoiser
 
 NAME = "sd"
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def detect(spec: str, path: Path | None) -> bool:
