@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
@@ -110,7 +111,10 @@ class _Run(BaseModel):
         if self.timesteps is not None and self.spacing is not None:
             raise ValueError("give spacing or timesteps, not both")
         if self.options and self.sampler is not None:
-            check_sampler_options(self.sampler, self.options)
+            try:
+                check_sampler_options(self.sampler, self.options)
+            except ValueError as e:
+                raise ValueError(f"options: {e}") from None
         return self
 
 
@@ -250,10 +254,17 @@ Request = Annotated[SampleRequest | Img2ImgRequest | InvertRequest | Reconstruct
                     InterpolateRequest | LikelihoodRequest, Field(discriminator="task")]
 TASKS = ("sample", "img2img", "invert", "reconstruct", "edit", "interpolate", "likelihood")
 _ADAPTER: TypeAdapter = TypeAdapter(Request)
+_FIELDS = {f for cls in (SampleRequest, Img2ImgRequest, InvertRequest, EditRequest, InterpolateRequest,
+                         LikelihoodRequest) for f in cls.model_fields}
 
 
-def _field(loc: tuple) -> str:
+def _field(loc: tuple, msg: str = "") -> str:
+    """"request field F" for an error at loc; a whole-request check names its field first ("seeds: ...")."""
     parts = [str(p) for p in loc if not (isinstance(p, str) and p in TASKS)]
+    if not parts:
+        word = re.match(r"(?:give )?([a-z_]+)\b", msg)
+        if word and word.group(1) in _FIELDS:
+            return f"request field {word.group(1)}"
     return f"request field {'.'.join(parts)}" if parts else "request"
 
 
@@ -268,7 +279,9 @@ def parse_request(data: str | bytes | dict[str, Any]) -> Any:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "union_tag_invalid" or err["type"] == "union_tag_not_found":
             msg = f"task must be one of {', '.join(TASKS)}"
-        raise UsageError(f"{_field(err['loc'])}: {msg}") from None
+        where = _field(err["loc"], msg)
+        msg = msg.removeprefix(where.removeprefix("request field ") + ": ")
+        raise UsageError(f"{where}: {msg}") from None
 
 
 def request_json(request: BaseModel) -> str:
@@ -276,9 +289,37 @@ def request_json(request: BaseModel) -> str:
     return request.model_dump_json(indent=2)
 
 
-def request_schema() -> dict[str, Any]:
-    """The JSON schema of `Request`, generated from the definitions above."""
-    return _ADAPTER.json_schema()
+def request_schema(ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
+    """The JSON schema of `Request`, generated from the definitions above (`ref_template`: where its parts live,
+    e.g. an OpenAPI document's components)."""
+    return _ADAPTER.json_schema(ref_template=ref_template)
+
+
+class ImagesRequest(BaseModel):
+    """`POST /v1/images/generations` in the OpenAI images API's shape, plus ddim's seed, steps, sampler and
+    guidance scale. `prompt` is the prompt of a text-to-image model, a class index ("7") of a class model, and
+    absent for an unconditional one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="a served model (default: the first one)")
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    n: Annotated[int, Field(ge=1, le=64)] = 1
+    size: str | None = Field(None, pattern=r"^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}$", description="WIDTHxHEIGHT")
+    response_format: Literal["b64_json"] = Field("b64_json", description="images come back inline (no URLs)")
+    seed: NonNegInt = 0
+    steps: Annotated[int, Field(ge=1, le=10000)] | None = None
+    sampler: str | None = None
+    guidance_scale: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+
+
+def parse_images_request(data: str | bytes) -> ImagesRequest:
+    try:
+        return ImagesRequest.model_validate_json(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UsageError(f"{_field(err['loc'])}: {err['msg'].removeprefix('Value error, ')}") from None
 
 
 def dumps(obj: Any) -> str:

@@ -67,22 +67,25 @@ def versions() -> dict[str, str]:
 
 
 def run(request: Any, store: ModelStore | None = None, *, preview: Callable[[Preview], None] | None = None,
-        shards: Path | None = None, dist: Any = None, progress: bool = False) -> Result:
+        shards: Path | None = None, dist: Any = None, progress: bool = False,
+        on_step: Callable[[int, int], None] | None = None) -> Result:
     """Run a validated request (`parse_request`) against the models of `store`. `preview` receives decoded x̂0
     every `request.preview_every` steps; `shards` is the folder for resumable sharded sampling (samples above
-    `request.batch`, or under torchrun with `dist`). Off rank 0 of a torchrun job, the result's arrays are empty."""
+    `request.batch`, or under torchrun with `dist`); `on_step(i, steps)` follows the sampler. Off rank 0 of a
+    torchrun job, the result's arrays are empty."""
     store = store or _DEFAULT_STORE
     model = store.get(request.model, request.device, request.dtype, request.compile)
     t0 = time.perf_counter()
     handler = _TASKS[request.task]
     with torch.no_grad():
-        out, arrays, summary, labels, stats, plan = handler(request, model, _Ctx(preview, shards, dist, progress))
+        ctx = _Ctx(preview, shards, dist, progress, on_step)
+        out, arrays, summary, labels, stats, plan = handler(request, model, ctx)
     seconds = time.perf_counter() - t0
     prov = {"request": request.model_dump(mode="json"), "model": {"name": model.name, "format": model.format,
                                                                    "fingerprint": model.fingerprint},
             "plan": {"sampler": plan.sampler, "spacing": plan.spacing, "steps": plan.steps,
                      "timesteps": None if plan.timesteps is None else plan.timesteps.tolist(),
-                     "chunk": plan.denoiser.chunk},
+                     "chunk": plan.denoiser.fixed_rows},
             "versions": versions()}
     return Result(request.task, out, arrays, stats, prov, summary, labels, seconds)
 
@@ -93,6 +96,7 @@ class _Ctx:
     shards: Path | None
     dist: Any
     progress: bool
+    on_step: Callable[[int, int], None] | None = None
 
 
 # ------------------------------------------------------------------------------------------ resolution
@@ -134,14 +138,19 @@ def _cycled(values: list, n: int) -> list:
     return [values[i % len(values)] for i in range(n)]
 
 
+def check_condition(req: Any, model: Model) -> None:
+    """Prompts only for text-to-image models, classes only for class-conditional ones."""
+    if req.prompt is not None and model.condition_kind != "prompt":
+        raise UsageError(f"request field prompt: {model.name} takes no prompts (a text-to-image folder does)")
+    if req.classes is not None and model.condition_kind != "class":
+        what = "prompts, not classes" if model.condition_kind == "prompt" else "no classes (it is unconditional)"
+        raise UsageError(f"request field classes: {model.name} takes {what}")
+
+
 def conditioning(req: Any, model: Model, n: int, labels: torch.Tensor | None = None) -> dict[str, Any]:
     """condition / uncond / guidance keyword arguments for n samples (labels: the rows' own classes)."""
     g = guidance_of(req, model)
-    if req.prompt is not None and model.condition_kind != "prompt":
-        raise UsageError(f"{model.name} takes no prompts (a text-to-image folder does)")
-    if req.classes is not None and model.condition_kind != "class":
-        what = "prompts, not classes" if model.condition_kind == "prompt" else "no classes (it is unconditional)"
-        raise UsageError(f"{model.name} takes {what}")
+    check_condition(req, model)
     if model.condition_kind == "prompt":
         prompts = _cycled(req.prompt or [""], n)
         unc = model.condition([req.negative_prompt] * n) if req.negative_prompt is not None else None
@@ -155,7 +164,7 @@ def conditioning(req: Any, model: Model, n: int, labels: torch.Tensor | None = N
     return {"condition": cond, "guidance": g}
 
 
-def _rows(req: Any, model: Model) -> tuple[torch.Tensor, torch.Tensor | None]:
+def input_rows(req: Any, model: Model) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The request's data rows as images, and their labels when a class model encodes labelled data."""
     from ..io.inputs import input_labels, load_inputs
 
@@ -167,12 +176,15 @@ def _rows(req: Any, model: Model) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def _preview_callback(req: Any, model: Model, ctx: _Ctx, steps: int) -> Callable[[StepInfo], None] | None:
-    if ctx.preview is None or req.preview_every is None:
+    """The sampler's per-step callback: progress (`on_step`) every step, decoded x̂0 every `preview_every`."""
+    k = req.preview_every if ctx.preview is not None else None
+    if k is None and ctx.on_step is None:
         return None
-    k = req.preview_every
 
     def cb(info: StepInfo) -> None:
-        if info.denoised is not None and ((info.i + 1) % k == 0 or info.i + 1 == steps):
+        if ctx.on_step is not None:
+            ctx.on_step(info.i + 1, steps)
+        if k is not None and info.denoised is not None and ((info.i + 1) % k == 0 or info.i + 1 == steps):
             ctx.preview(Preview(info.i + 1, steps, _decode(model, info.denoised, None)))
     return cb
 
@@ -227,7 +239,7 @@ def _sample(req: Any, model: Model, ctx: _Ctx):
                             callback=cb, device=device, **kw)
     if z is None:  # another torchrun rank: rank 0 holds the samples
         return "samples", {}, {}, [], stats, plan
-    images = _np(_decode(model, torch.from_numpy(z).to(device), den.chunk)) if model.codec is not None else z
+    images = _np(_decode(model, torch.from_numpy(z).to(device), den.fixed_rows)) if model.codec is not None else z
     return "samples", {"samples": images}, {}, [], stats, plan
 
 
@@ -235,13 +247,13 @@ def _img2img(req: Any, model: Model, ctx: _Ctx):
     from ..ops.editing import sdedit
 
     plan = resolve_plan(req, model)
-    images, labels = _rows(req, model)
-    x0 = _encode(model, images, plan.denoiser.chunk)
+    images, labels = input_rows(req, model)
+    x0 = _encode(model, images, plan.denoiser.fixed_rows)
     kw = conditioning(req, model, len(x0), labels)
     out, stats = sdedit(plan.denoiser, x0, req.strength, timesteps=plan.timesteps, sampler=plan.sampler,
                         seed=req.seed, return_stats=True, callback=_preview_callback(req, model, ctx, plan.steps),
                         **req.options, **kw)
-    samples = _np(_decode(model, out, plan.denoiser.chunk))
+    samples = _np(_decode(model, out, plan.denoiser.fixed_rows))
     return "samples", {"samples": samples, "inputs": _np(images)}, {}, [], stats, plan
 
 
@@ -250,14 +262,14 @@ def _invert(req: Any, model: Model, ctx: _Ctx):
     from ..ops.inversion import invert, normality
 
     plan = resolve_plan(req, model)
-    images, labels = _rows(req, model)
-    x0 = _encode(model, images, plan.denoiser.chunk)
+    images, labels = input_rows(req, model)
+    x0 = _encode(model, images, plan.denoiser.fixed_rows)
     kw = conditioning(req, model, len(x0), labels)
     z, stats = invert(plan.denoiser, x0, timesteps=plan.timesteps, refine=req.refine, return_stats=True, **kw)
     rec, st2 = sample(plan.denoiser, x_T=z, timesteps=plan.timesteps, return_stats=True, progress=ctx.progress,
                       callback=_preview_callback(req, model, ctx, plan.steps), **kw)
     stats.nfe += st2.nfe
-    rec_img = _decode(model, rec, plan.denoiser.chunk)
+    rec_img = _decode(model, rec, plan.denoiser.fixed_rows)
     summary = {"mse": float((rec - x0).pow(2).mean()), "data_var": float(x0.var()), **normality(z),
                "image_mse": float((rec_img - images).pow(2).mean())}
     arrays = {"encodings": _np(z), "reconstruction": _np(rec_img), "inputs": _np(images)}
@@ -269,8 +281,8 @@ def _edit(req: Any, model: Model, ctx: _Ctx):
     from ..ops.latent import edit
 
     plan = resolve_plan(req, model)
-    images, labels = _rows(req, model)
-    x0 = _encode(model, images, plan.denoiser.chunk)
+    images, labels = input_rows(req, model)
+    x0 = _encode(model, images, plan.denoiser.fixed_rows)
     den = plan.denoiser
     if req.to_prompt is not None or req.to_class is not None:
         if req.to_prompt is not None and model.condition_kind != "prompt":
@@ -290,7 +302,7 @@ def _edit(req: Any, model: Model, ctx: _Ctx):
         for s in req.strength or []:
             outs.append(sdedit(den, x0, s, condition=target, guidance=g, timesteps=plan.timesteps, seed=req.seed))
             labels_out.append(f"SDEdit {s:g}")
-        grid = torch.stack([_decode(model, o, den.chunk) for o in outs])
+        grid = torch.stack([_decode(model, o, den.fixed_rows) for o in outs])
         summary = {"mse": float((grid[1] - images).pow(2).mean()), "guidance": g.scale}
         return "grid", {"grid": _np(grid)}, summary, labels_out, RunStats(), plan
     if req.strength is not None or req.to_prompt is not None:
@@ -315,12 +327,12 @@ def _interpolate(req: Any, model: Model, ctx: _Ctx):
         ends = SeededNoise(list(req.endpoints), model.sample_shape).initial().to(plan.denoiser.device())
         encode, labels = False, None
     else:
-        images, labels = _rows(req, model)
-        ends, encode = _encode(model, images, plan.denoiser.chunk), True
+        images, labels = input_rows(req, model)
+        ends, encode = _encode(model, images, plan.denoiser.fixed_rows), True
     kw = conditioning(req, model, 1, None if labels is None else labels[:1])
     xs = interpolate(plan.denoiser, ends[:1], ends[1:], req.n, method=req.method, encode=encode,
                      timesteps=plan.timesteps, refine=req.refine, **kw)
-    return "frames", {"frames": _np(_decode(model, xs, plan.denoiser.chunk))}, {}, [], RunStats(), plan
+    return "frames", {"frames": _np(_decode(model, xs, plan.denoiser.fixed_rows))}, {}, [], RunStats(), plan
 
 
 def _likelihood(req: Any, model: Model, ctx: _Ctx):
@@ -329,7 +341,7 @@ def _likelihood(req: Any, model: Model, ctx: _Ctx):
     if model.codec is not None:
         raise UsageError(f"{model.name}: likelihoods are computed for pixel models")
     plan = resolve_plan(req, model)
-    x, labels = _rows(req, model)
+    x, labels = input_rows(req, model)
     x = x.double() if req.float64 else x
     kw = conditioning(req, model, len(x), labels)
     ll = log_likelihood(plan.denoiser, x, exact=req.exact, probes=req.probes, bits_per_dim=req.bits_per_dim, **kw)

@@ -132,3 +132,43 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Build the service from the flags (refusing an exposed bind without keys) and serve it."""
+    from .server import require_serve
+
+    require_serve()
+    from pathlib import Path
+
+    from ..api.service import Limits, Service, served_models
+    from ..core.errors import UsageError
+    from .server import LOOPBACK, serve
+
+    keys = None
+    if args.api_key_file is not None:
+        try:
+            keys = [k.strip() for k in Path(args.api_key_file).read_text().splitlines() if k.strip()]
+        except OSError as e:
+            raise UsageError(f"--api-key-file {args.api_key_file}: {e.strerror or e}") from None
+    if args.host not in LOOPBACK and keys is None:
+        raise UsageError(f"--host {args.host} exposes the server beyond this machine: give --api-key-file")
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must lie in 0..65535, got {args.port}")
+    if args.max_replicas is not None and not args.ray:
+        raise UsageError("--max-replicas needs --ray")
+    if args.replicas != 1 and not args.ray:
+        raise UsageError("--replicas needs --ray")
+    models = served_models(args.models.split(","))
+    limits = Limits(max_rows=args.max_rows, max_queue=args.max_queue, max_steps=args.max_steps,
+                    max_size=args.max_size, max_body=args.max_body)
+    options = {"store": args.store, "limits": limits, "keys": keys, "device": args.device, "ttl": args.result_ttl,
+               "max_bytes": args.result_max_bytes, "serial": args.serial}
+    cors = [o.strip() for o in args.cors.split(",") if o.strip()] if args.cors else None
+    if args.ray:
+        from .ray_serve import serve_ray
+
+        return serve_ray(models, options, args.host, args.port, cors=cors, replicas=args.replicas,
+                         max_replicas=args.max_replicas)
+    serve(Service(models, **options), args.host, args.port, cors=cors)
+    return 0

@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 from ..bench.suites import SUITES
-from .commands import cmd_bench, cmd_demo, cmd_distill, cmd_reflow, cmd_schedule, cmd_train
+from .commands import cmd_bench, cmd_demo, cmd_distill, cmd_reflow, cmd_schedule, cmd_serve, cmd_train
 from .requests import cmd_request, cmd_run, cmd_samplers
 
 
@@ -307,6 +307,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("samplers", help="list the samplers and their declared options",
                        description="Every registered sampler with the options --option takes, and their defaults.")
     p.set_defaults(func=cmd_samplers)
+
+    p = sub.add_parser("serve", help="an HTTP service: jobs batched step by step, bit-identical to solo runs",
+                       description="Serve models over HTTP (FastAPI + uvicorn; the 'serve' extra). Loopback unless "
+                                   "an API key file is given. OpenAPI docs at /docs.")
+    p.add_argument("--models", default="digits", help="comma-separated built-in names and/or folders to serve "
+                                                       "(a folder is served under its folder name; default digits)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s; any other needs "
+                                                        "--api-key-file)")
+    p.add_argument("--port", type=int, default=8000, help="port (default %(default)s; 0: any free port)")
+    p.add_argument("--api-key-file", default=None, help="a file of API keys, one a line (each key its own owner)")
+    p.add_argument("--store", default=None, metavar="DIR", help="job store folder (SQLite + results); accepted jobs "
+                                                                "survive a restart (default: in memory)")
+    p.add_argument("--max-rows", type=_positive_int, default=64, help="samples in flight at once (default 64)")
+    p.add_argument("--max-queue", type=_positive_int, default=256, help="queued jobs before 429 (default 256)")
+    p.add_argument("--max-steps", type=_positive_int, default=1000, help="steps per request (default 1000)")
+    p.add_argument("--max-size", type=_positive_int, default=1024, help="largest image side (default 1024)")
+    p.add_argument("--max-body", type=_positive_int, default=1 << 20, help="request body bytes (default 1 MiB)")
+    p.add_argument("--result-ttl", type=float, default=7 * 86400, help="seconds a result is kept (default 7 days)")
+    p.add_argument("--result-max-bytes", type=_positive_int, default=1 << 30,
+                   help="total bytes of results kept, oldest dropped first (default 1 GiB)")
+    p.add_argument("--cors", default=None, help="comma-separated origins allowed by CORS (default: CORS off)")
+    p.add_argument("--device", default="cpu", help="torch device of the served models (default cpu)")
+    p.add_argument("--serial", action="store_true", help="run one job at a time (the baseline `ddim bench serve` "
+                                                         "compares against)")
+    p.add_argument("--ray", action="store_true", help="serve through Ray Serve replicas (the 'ray' extra)")
+    p.add_argument("--replicas", type=_positive_int, default=1, help="Ray Serve replicas (with --ray)")
+    p.add_argument("--max-replicas", type=_positive_int, default=None,
+                   help="with --ray: autoscale between --replicas and this many replicas")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="benchmarks: " + ", ".join(SUITES),
                        description="Benchmarks that measure side by side in one run and write report.md + PNGs.")

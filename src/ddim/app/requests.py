@@ -111,11 +111,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_samplers(args: argparse.Namespace) -> int:
-    from ..core.samplers import SAMPLERS
+    from ..api.catalog import samplers
 
-    for name, s in sorted(SAMPLERS.items()):
-        opts = ", ".join(f"{k}={v!r}" for k, v in s.options.items()) or "no options"
-        print(f"{name:14s} {s.nfe_per_step} NFE/step  {opts}")
+    for s in samplers():
+        opts = ", ".join(f"{k}={v!r}" for k, v in s["options"].items()) or "no options"
+        print(f"{s['name']:14s} {s['nfe_per_step']} NFE/step  {opts}")
     return 0
 
 

@@ -138,3 +138,10 @@ def run(name: str, out: str | Path, *, quick: bool = False, command: str = "", *
     print(text)
     print(f"wrote {out / 'report.md'}")
     return out / "report.md"
+
+
+@suite("serve")
+def _serve(o: BenchOptions) -> str:
+    from .serve import serve_report
+
+    return serve_report(o.out, o.quick, o.command, o.model)

@@ -184,6 +184,12 @@ class Denoiser:
             setattr(view, k, v)
         return view
 
+    @property
+    def fixed_rows(self) -> int | None:
+        """Rows per network call in batch-invariant mode: its own chunk, or that of a network making fixed-size
+        calls itself (the service's shared networks); None when calls take the whole batch."""
+        return self.chunk if self.chunk is not None else getattr(self.net, "fixed_rows", None)
+
     def for_run(self) -> Denoiser:
         """The denoiser one run uses (a bound condition with per-run guidance state gives a fresh copy)."""
         return self

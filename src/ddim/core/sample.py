@@ -23,7 +23,7 @@ def invariant(denoiser: Denoiser, batch_invariant: bool | int) -> Denoiser:
     if batch_invariant is False or batch_invariant is None:
         return denoiser
     chunk = BATCH_INVARIANT_CHUNK if batch_invariant is True else batch_invariant
-    return denoiser if denoiser.chunk == chunk else denoiser.replace(chunk=chunk)
+    return denoiser if denoiser.fixed_rows == chunk else denoiser.replace(chunk=chunk)
 
 
 def resolve_seeds(n: int | None, seed: int, seeds: Sequence[int] | None) -> list[int]:

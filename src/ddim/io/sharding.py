@@ -80,7 +80,7 @@ def sample_sharded(den: Denoiser, sample_shape: tuple[int, ...], n: int, *, batc
     dist = dist or DistInfo()
     if batch < 1:
         raise UsageError("batch must be >= 1")
-    manifest = {"model": model_fingerprint(den), "chunk": den.chunk, "net_dtype": str(den.net_dtype),
+    manifest = {"model": model_fingerprint(den), "chunk": den.fixed_rows, "net_dtype": str(den.net_dtype),
                 "n": n, "batch": batch, "seed": seed,
                 "sample_shape": list(sample_shape),
                 "sampling": json.loads(json.dumps(sample_kw, default=_jsonable, sort_keys=True))}

@@ -1,0 +1,218 @@
+"""`ddim serve`: the HTTP front end of `ddim.api.service.Service` (FastAPI + uvicorn). It parses and presents:
+bodies are read with a size cap and handed to the service as bytes, refusals become JSON errors naming the field.
+"""
+
+
+import asyncio
+import json
+from typing import Any
+
+from ..core.errors import UsageError
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def require_serve() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise UsageError("ddim serve needs the 'serve' extra: pip install 'ddim[serve]' (fastapi, uvicorn)") from None
+
+
+def create_app(service: Any, *, cors: list[str] | None = None) -> Any:
+    """The FastAPI app over a Service: jobs, events, results, the OpenAI-shaped images endpoint, listings."""
+    require_serve()
+    from fastapi import FastAPI, Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from ..api import catalog
+    from ..api.service import ServiceError
+
+    app = FastAPI(title="ddim", version=_version(), description="Deterministic, batched diffusion sampling. "
+                  "Every job's result is bit-identical to `ddim run` of its request alone in batch-invariant mode.")
+    if cors:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=cors, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+
+    @app.exception_handler(ServiceError)
+    async def _refused(request: Request, e: ServiceError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        err = e.errors()[0]
+        name = ".".join(str(p) for p in err["loc"][1:]) or "request"
+        return JSONResponse(ServiceError(400, name, f"{name}: {err['msg']}").body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(ServiceError(e.status_code, "path", str(e.detail)).body(), status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, e: Exception) -> JSONResponse:  # a bug must not look like the client's fault
+        return JSONResponse(ServiceError(500, "server", f"internal error: {type(e).__name__}").body(), 500)
+
+    def owner(request: Request) -> str:
+        auth = request.headers.get("authorization", "")
+        key = auth[7:] if auth[:7].lower() == "bearer " else request.headers.get("x-api-key")
+        return service.keys.owner(key)
+
+    async def body(request: Request) -> bytes:
+        """The request body, refused with 413 as soon as it passes the cap (before any parsing)."""
+        cap = service.limits.max_body
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            raise ServiceError(413, "body", f"the body is over {cap} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise ServiceError(413, "body", f"the body is over {cap} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    request_body = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/Request"}}}}}
+
+    @app.post("/v1/jobs", status_code=202, openapi_extra=request_body, summary="Submit a job (the request JSON)")
+    async def submit(request: Request) -> JSONResponse:
+        who = owner(request)
+        job = await run_in_threadpool(service.submit, await body(request), who)
+        return JSONResponse({"id": job.record.id, "status": "queued", "position": service.position(job)},
+                            status_code=202)
+
+    @app.get("/v1/jobs/{job_id}", summary="Job status: state, step i of N, network calls, times")
+    def status(job_id: str, request: Request) -> dict[str, Any]:
+        return service.status(job_id, owner(request))
+
+    @app.delete("/v1/jobs/{job_id}", summary="Cancel: its rows leave the batch at the next step")
+    def cancel(job_id: str, request: Request) -> dict[str, Any]:
+        return service.cancel(job_id, owner(request))
+
+    @app.get("/v1/jobs/{job_id}/result", summary="The result: PNG grid, .npy as `ddim run` writes it, or JSON")
+    def result(job_id: str, request: Request, format: str = "png") -> Response:
+        data, media = service.result(job_id, owner(request), format)
+        return Response(data, media_type=media)
+
+    @app.get("/v1/jobs/{job_id}/events", summary="Server-Sent Events: status, progress, x̂0 previews")
+    async def events(job_id: str, request: Request) -> StreamingResponse:
+        who = owner(request)
+        service.record(job_id, who)
+        start = int(request.headers.get("last-event-id", "-1")) + 1 if request.headers.get(
+            "last-event-id", "").isdigit() else 0
+
+        async def stream():
+            i = start
+            while True:
+                job = service.live(job_id, who)
+                evs = job.events if job is not None else []
+                while i < len(evs):
+                    e = evs[i]
+                    yield f"id: {i}\nevent: {e['event']}\ndata: {json.dumps(e)}\n\n"
+                    i += 1
+                if job is None or job.record.status in ("done", "failed", "cancelled"):
+                    st = service.status(job_id, who)
+                    yield f"event: end\ndata: {json.dumps(st)}\n\n"
+                    return
+                if await request.is_disconnected():
+                    return
+                await asyncio.sleep(0.05)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    images_body = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/ImagesRequest"}}}}}
+
+    @app.post("/v1/images/generations", openapi_extra=images_body,
+              summary="Synchronous generation in the OpenAI images API's shape (b64_json)")
+    async def generations(request: Request) -> dict[str, Any]:
+        who = owner(request)
+        return await run_in_threadpool(service.generate, await body(request), who)
+
+    @app.get("/v1/models", summary="The served models (by name)")
+    def models(request: Request) -> dict[str, Any]:
+        owner(request)
+        return {"object": "list", "data": service.describe_models()}
+
+    @app.get("/v1/samplers", summary="Samplers with their declared options, guidance rules, spacings")
+    def samplers(request: Request) -> dict[str, Any]:
+        owner(request)
+        return {"samplers": catalog.samplers(), "guidance_rules": catalog.guidance_rules(),
+                "spacings": catalog.spacings()}
+
+    @app.get("/healthz", summary="Liveness (no key needed)")
+    def healthz() -> dict[str, Any]:
+        return {"ok": True, "queued": service.queue_depth(), "running": service.running()}
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    def metrics(request: Request) -> PlainTextResponse:
+        owner(request)
+        return PlainTextResponse(service.metrics(), media_type="text/plain; version=0.0.4")
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            from ..api.request import request_schema
+            from ..api.service import images_schema
+
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            comps = schema.setdefault("components", {}).setdefault("schemas", {})
+            req = request_schema(ref_template="#/components/schemas/{model}")
+            comps.update(req.pop("$defs", {}))
+            comps["Request"] = req
+            img = images_schema(ref_template="#/components/schemas/{model}")
+            comps.update(img.pop("$defs", {}))
+            comps["ImagesRequest"] = img
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+    return app
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def bind(host: str, port: int) -> Any:
+    """A listening socket on host:port (port 0: a free one), so the real address can be printed first."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise UsageError(f"cannot bind {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
+def serve(service: Any, host: str, port: int, *, cors: list[str] | None = None, log_level: str = "warning") -> None:
+    """Run the app under uvicorn until interrupted (SIGINT/SIGTERM drain it); the service is closed on the way
+    out, its running jobs left recorded as running so the next start runs them again."""
+    import uvicorn
+
+    app = create_app(service, cors=cors)
+    sock = bind(host, port)
+    real = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=5, limit_concurrency=512,
+                            timeout_graceful_shutdown=10)
+    print(f"ddim serve: http://{host}:{real}/ (models: {', '.join(service.models.names())}; docs at /docs)",
+          flush=True)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        service.close()
