@@ -158,7 +158,7 @@ def test_the_result_npy_is_byte_identical_to_what_ddim_run_writes(client, tmp_pa
 def test_other_tasks_run_through_the_engine(client):
     for req in ({"task": "reconstruct", "model": "digits", "n": 2, "steps": 8},
                 {"task": "img2img", "model": "digits-cond", "n": 2, "steps": 6, "strength": 0.5, "classes": [3]},
-                {"task": "likelihood", "model": "digits", "data": "digits", "n": 2, "steps": 6}):
+                {"task": "likelihood", "model": "digits", "data": "digits", "n": 1, "probes": 1}):
         jid = client.post("/v1/jobs", json=req).json()["id"]
         assert wait_done(client, jid)["status"] == "done", client.get(f"/v1/jobs/{jid}").json()
         got = npy(client.get(f"/v1/jobs/{jid}/result?format=npy").content)
@@ -432,3 +432,32 @@ def test_ray_serve_two_replicas_on_loopback_give_the_solo_bits():
             assert np.array_equal(npy(c.get(f"/v1/jobs/{i}/result?format=npy").content), solo(r))
     workers.discard(None)
     assert len(workers) == 2, workers
+
+
+def test_bench_serve_quick_writes_its_report(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "ddim", "bench", "serve", "--quick", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = (tmp_path / "report.md").read_text()
+    assert "one request at a time" in report and "Goal" in report and (tmp_path / "serve.png").exists()
+    data = json.loads((tmp_path / "serve.json").read_text())
+    for row in data:
+        for mode in ("ddim serve, chunk 16", "ddim serve, chunk 64", "one request at a time"):
+            assert row[mode]["done"] == 12 and row[mode]["failed"] == 0
+
+
+def test_a_server_with_a_larger_chunk_equals_ddim_run_with_that_chunk():
+    svc = Service(MODELS, chunk=64)
+    try:
+        reqs = mixed_requests(4)
+        jobs = [svc.submit(r) for r in reqs]
+        assert [svc.wait(j, 120) for j in jobs] == ["done"] * 4
+        for r, j in zip(reqs, jobs):
+            assert j.request.batch_invariant == 64
+            want = run(parse_request({**r, "batch_invariant": 64})).main
+            assert np.array_equal(npy(svc.result(j.record.id, "local", "npy")[0]), want)
+        with pytest.raises(ServiceError) as e:
+            svc.submit({**reqs[0], "batch_invariant": True})
+        assert e.value.field == "batch_invariant" and "64" in e.value.message
+    finally:
+        svc.close()

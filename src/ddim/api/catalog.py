@@ -7,16 +7,14 @@ from typing import Any
 
 from ..models.contract import Model
 
-#: names that were renamed keep working under their old name (stable names for clients)
-SAMPLER_ALIASES: dict[str, str] = {}
-
 
 def samplers() -> list[dict[str, Any]]:
-    """Every registered sampler: name, declared options with defaults, NFE per step, DDIM-type, old names."""
+    """Every registered sampler: name (stable: none has been renamed), declared options with defaults, NFE per
+    step, whether its step is DDIM-type (what CFG++ needs)."""
     from ..core.samplers import SAMPLERS
 
     return [{"name": name, "options": dict(s.options), "nfe_per_step": s.nfe_per_step, "nfe_offset": s.nfe_offset,
-             "ddim_type": s.ddim_type, "aliases": sorted(a for a, n in SAMPLER_ALIASES.items() if n == name)}
+             "ddim_type": s.ddim_type}
             for name, s in sorted(SAMPLERS.items())]
 
 

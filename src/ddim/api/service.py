@@ -131,6 +131,7 @@ class Service:
     def __init__(self, models: Mapping[str, str], *, store: str | Path | None = None, limits: Limits = Limits(),
                  keys: Iterable[str] | None = None, device: str = "cpu", ttl: float = 7 * 86400,
                  max_bytes: int = 1 << 30, linger: float = 0.005, serial: bool = False,
+                 chunk: int = BATCH_INVARIANT_CHUNK,
                  executor: Callable[[Job, Path, Callable[..., None]], tuple[int, int]] | None = None) -> None:
         if not models:
             raise UsageError("serve at least one model (--models)")
@@ -138,7 +139,11 @@ class Service:
         self.keys = Keys(keys)
         #: serial: the one-request-at-a-time queue of A1111 / ComfyUI (whole-batch calls, no padding), the
         #: baseline `ddim bench serve` measures against; results are then not batch-invariant
-        self.engine = Engine(None if serial else BATCH_INVARIANT_CHUNK, linger)
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise UsageError(f"chunk (rows per network call) must be an integer >= 1, got {chunk!r}")
+        #: rows per network call: results equal `ddim run` with batch_invariant = chunk (True for the default 16)
+        self.chunk = chunk
+        self.engine = Engine(None if serial else chunk, linger)
         self.models = EngineStore(self.engine, dict(models))
         #: runs a job and writes its result files: here on the engine, or on Ray Serve replicas
         self.executor = executor or self._local
@@ -192,9 +197,10 @@ class Service:
             raise ServiceError(400, "device", f"this server runs on {self.device}; device must be {self.device!r}")
         if req.compile:
             raise ServiceError(400, "compile", "the server decides compilation; compile must be false")
-        if "batch_invariant" in req.model_fields_set and req.batch_invariant not in (True, BATCH_INVARIANT_CHUNK):
-            raise ServiceError(400, "batch_invariant", f"the server always makes batch-invariant calls of "
-                                                       f"{BATCH_INVARIANT_CHUNK} rows")
+        mine = True if self.chunk == BATCH_INVARIANT_CHUNK else self.chunk
+        if "batch_invariant" in req.model_fields_set and req.batch_invariant not in (mine, self.chunk):
+            raise ServiceError(400, "batch_invariant", f"this server always makes batch-invariant calls of "
+                                                       f"{self.chunk} rows (batch_invariant: {json.dumps(mine)})")
         if self._rows(req) > lim.max_rows:
             raise ServiceError(400, "n", f"{self._rows(req)} rows is over this server's max_rows={lim.max_rows}")
         if req.steps > lim.max_steps or (req.timesteps is not None and len(req.timesteps) > lim.max_steps):
@@ -216,7 +222,7 @@ class Service:
             v = getattr(req, name, None)
             if v is not None and not v.startswith("class:"):
                 raise ServiceError(400, name, "the server takes class:A-B directions, never a path")
-        req = req.model_copy(update={"batch_invariant": not self.serial})
+        req = req.model_copy(update={"batch_invariant": False if self.serial else mine})
         self._resolve(req)
         return req
 
@@ -547,10 +553,15 @@ def execute(engine: Engine, store: EngineStore, request: Any, ticket: Ticket, sc
 
 def _write_result(result: Any, folder: Path) -> None:
     """result.npy (exactly as `ddim run` writes it), result.png (its picture), result.json (base64 + provenance)."""
+    from ..io.checkpoint import atomic_save_npy
     from .outputs import PICTURE_TASKS, save_result
 
     folder.mkdir(parents=True, exist_ok=True)
-    save_result(result, folder / ("result.png" if result.task in PICTURE_TASKS else "result.npy"))
+    if result.task in ("sample", "img2img") and result.main.ndim == 4:  # the grid from the pixels, no figure
+        atomic_save_npy(folder / "result.npy", result.main)
+        (folder / "result.png").write_bytes(_png(result.main))
+    else:
+        save_result(result, folder / ("result.png" if result.task in PICTURE_TASKS else "result.npy"))
     body = {"task": result.task, "output": result.output, "shape": list(result.main.shape),
             "images": [base64.b64encode(p).decode() for p in image_pngs(result.main)]
             if result.task in ("sample", "img2img") else [],

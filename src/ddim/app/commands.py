@@ -157,13 +157,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--port must lie in 0..65535, got {args.port}")
     if args.max_replicas is not None and not args.ray:
         raise UsageError("--max-replicas needs --ray")
+    if args.serial and args.ray:
+        raise UsageError("--serial is the single-process baseline: it takes no --ray")
+    if args.serial and args.chunk != 16:
+        raise UsageError("--serial makes whole-request calls: it takes no --chunk")
     if args.replicas != 1 and not args.ray:
         raise UsageError("--replicas needs --ray")
     models = served_models(args.models.split(","))
     limits = Limits(max_rows=args.max_rows, max_queue=args.max_queue, max_steps=args.max_steps,
                     max_size=args.max_size, max_body=args.max_body)
     options = {"store": args.store, "limits": limits, "keys": keys, "device": args.device, "ttl": args.result_ttl,
-               "max_bytes": args.result_max_bytes, "serial": args.serial}
+               "max_bytes": args.result_max_bytes, "serial": args.serial, "chunk": args.chunk}
     cors = [o.strip() for o in args.cors.split(",") if o.strip()] if args.cors else None
     if args.ray:
         from .ray_serve import serve_ray

@@ -329,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="total bytes of results kept, oldest dropped first (default 1 GiB)")
     p.add_argument("--cors", default=None, help="comma-separated origins allowed by CORS (default: CORS off)")
     p.add_argument("--device", default="cpu", help="torch device of the served models (default cpu)")
+    p.add_argument("--chunk", type=_positive_int, default=16,
+                   help="rows per network call (default 16): results equal `ddim run` with batch_invariant = "
+                        "this; larger fills big merged batches better")
     p.add_argument("--serial", action="store_true", help="run one job at a time (the baseline `ddim bench serve` "
                                                          "compares against)")
     p.add_argument("--ray", action="store_true", help="serve through Ray Serve replicas (the 'ray' extra)")

@@ -31,10 +31,10 @@ def _worker_class(serve: Any) -> Any:
     class Worker:
         """A replica: the engine over its own models; `run` streams one job's events, then its files."""
 
-        def __init__(self, models: dict[str, str], device: str) -> None:
+        def __init__(self, models: dict[str, str], device: str, chunk: int) -> None:
             from ..api.engine import Engine, EngineStore
 
-            self.engine = Engine()
+            self.engine = Engine(chunk)
             self.store = EngineStore(self.engine, models)
             self.device = device
             for name in self.store.names():
@@ -153,7 +153,7 @@ def serve_ray(models: dict[str, str], options: dict[str, Any], host: str, port: 
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         serve.start(http_options={"host": host, "port": port})
-        serve.run(Ingress.bind(Worker.bind(models, device)), name=APP, route_prefix="/")
+        serve.run(Ingress.bind(Worker.bind(models, device, options.get("chunk", 16))), name=APP, route_prefix="/")
         print(f"ddim serve: http://{host}:{port}/ (Ray Serve, {replicas} worker replica(s); models: "
               f"{', '.join(models)}; docs at /docs)", flush=True)
         stop = threading.Event()

@@ -207,6 +207,7 @@ def serve(service: Any, host: str, port: int, *, cors: list[str] | None = None, 
 
     app = create_app(service, cors=cors)
     sock = bind(host, port)
+    sock.listen(2048)  # listening before the address is printed: early clients wait in the backlog
     real = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=5, limit_concurrency=512,
                             timeout_graceful_shutdown=10)
