@@ -461,3 +461,22 @@ def test_a_server_with_a_larger_chunk_equals_ddim_run_with_that_chunk():
         assert e.value.field == "batch_invariant" and "64" in e.value.message
     finally:
         svc.close()
+
+
+def test_sigterm_drains_exits_0_and_the_next_start_finishes_the_running_job(tmp_path):
+    req = {"task": "sample", "model": "digits", "n": 2, "steps": 400, "seed": 5}
+    store = tmp_path / "store"
+    srv = ServerProcess("--models", "digits", "--store", str(store))
+    try:
+        with httpx.Client(base_url=srv.url, timeout=60) as c:
+            jid = c.post("/v1/jobs", json=req).json()["id"]
+            t0 = time.time()
+            while c.get(f"/v1/jobs/{jid}").json()["step"] < 3 and time.time() - t0 < 60:
+                time.sleep(0.02)
+    finally:
+        assert srv.stop() == 0  # SIGTERM: stop admitting, persist the running job, exit 0
+    assert JobStore(store).get(jid).status == "running"
+    with ServerProcess("--models", "digits", "--store", str(store)) as srv, \
+            httpx.Client(base_url=srv.url, timeout=60) as c:
+        assert wait_done(c, jid)["status"] == "done"
+        assert np.array_equal(npy(c.get(f"/v1/jobs/{jid}/result?format=npy").content), solo(req))

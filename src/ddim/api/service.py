@@ -17,6 +17,7 @@ import shutil
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -155,6 +156,7 @@ class Service:
         self._rows_running = 0
         self._cv = threading.Condition()
         self._closing = False
+        self._threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
         self.started = time.time()
         self.finished_images = 0
         self.step_seconds: deque[float] = deque(maxlen=512)
@@ -277,7 +279,9 @@ class Service:
                     return
                 job = self._queue.popleft()
                 self._rows_running += job.rows
-            threading.Thread(target=self._work, args=(job,), name=f"job-{job.record.id[:8]}", daemon=True).start()
+            worker = threading.Thread(target=self._work, args=(job,), name=f"job-{job.record.id[:8]}", daemon=True)
+            self._threads.add(worker)
+            worker.start()
 
     def _admissible(self) -> bool:
         if not self._queue:
@@ -315,9 +319,13 @@ class Service:
             self.finished_images += images
             self._finish(job, "done")
         except Cancelled:
+            if self._closing:  # shutting down, not cancelled by a client: the row stays as it was, to rerun
+                return
             self.jobs.update(rid, status="cancelled", finished=time.time())
             self._finish(job, "cancelled")
         except Exception as e:  # a failed job is reported on the job, never takes the service down
+            if self._closing:
+                return
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             self.jobs.update(rid, status="failed", finished=time.time(), error=msg)
             job.record.error = msg
@@ -495,9 +503,11 @@ class Service:
             self._closing = True
             live = list(self._live.values())
             self._cv.notify_all()
-        self.engine.close()
         for j in live:
             j.ticket.cancelled.set()
+        self.engine.close()
+        for t in list(self._threads):  # each stops at its next network call; its row stays 'running'
+            t.join(timeout=30)
         self.jobs.close()
 
 

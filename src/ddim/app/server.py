@@ -213,7 +213,12 @@ def serve(service: Any, host: str, port: int, *, cors: list[str] | None = None, 
                             timeout_graceful_shutdown=10)
     print(f"ddim serve: http://{host}:{real}/ (models: {', '.join(service.models.names())}; docs at /docs)",
           flush=True)
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # uvicorn re-raises the signal after its graceful shutdown;
+        signal.signal(sig, lambda *_: None)      # caught here, the service drains and the process exits 0
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         service.close()
+    print("ddim serve: stopped (queued and running jobs stay recorded and run at the next start)", flush=True)
