@@ -480,3 +480,32 @@ def test_sigterm_drains_exits_0_and_the_next_start_finishes_the_running_job(tmp_
             httpx.Client(base_url=srv.url, timeout=60) as c:
         assert wait_done(c, jid)["status"] == "done"
         assert np.array_equal(npy(c.get(f"/v1/jobs/{jid}/result?format=npy").content), solo(req))
+
+
+def test_uploaded_images_as_data_uris_and_bad_ones(client):
+    from PIL import Image
+
+    from ddim.io.data import digits
+
+    x = digits()[0][:1]
+    img = ((x[0, 0].numpy() + 1) * 127.5).round().astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    png_uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    arr = io.BytesIO()
+    np.save(arr, x.numpy())
+    npy_uri = "data:application/x-npy;base64," + base64.b64encode(arr.getvalue()).decode()
+    for uri in (png_uri, npy_uri):
+        req = {"task": "reconstruct", "model": "digits", "data": uri, "steps": 8}
+        jid = client.post("/v1/jobs", json=req).json()["id"]
+        assert wait_done(client, jid)["status"] == "done"
+        got = npy(client.get(f"/v1/jobs/{jid}/result?format=npy").content)
+        assert got.shape == (1, 1, 8, 8) and np.array_equal(got, solo(req))
+    pickled = io.BytesIO()
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    for bad in ("data:image/png;base64,%%%not-base64", "data:image/png;base64," + base64.b64encode(b"no").decode(),
+                "data:text/html;base64,PGI+", "data:application/x-npy;base64," +
+                base64.b64encode(pickled.getvalue()).decode(), png_uri.replace("image/png", "image/png;x")):
+        r = client.post("/v1/jobs", json={"task": "reconstruct", "model": "digits", "data": bad, "steps": 4})
+        assert r.status_code == 400 and r.json()["error"]["field"] == "data", r.text
+        assert "\n" not in r.json()["error"]["message"]

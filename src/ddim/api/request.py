@@ -160,7 +160,8 @@ class _Seeded(BaseModel):
 class _Inputs(BaseModel):
     """Data rows to work on: a built-in dataset or an .npy/.npz file, its rows `index` or the first `n`."""
 
-    data: str = Field("digits", description="a built-in dataset (digits, mog3, ...) or an .npy/.npz file")
+    data: str = Field("digits", description="a built-in dataset (digits, mog3, ...), an .npy/.npz file, or a base64 "
+                      "data URI: data:image/png;base64,… (one image) or data:application/x-npy;base64,… (rows)")
     index: list[NonNegInt] | None = None
     n: Annotated[int, Field(ge=1, le=100_000)] = Field(16, description="rows when no index is given")
 

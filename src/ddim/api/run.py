@@ -170,7 +170,8 @@ def input_rows(req: Any, model: Model) -> tuple[torch.Tensor, torch.Tensor | Non
 
     x = load_inputs(req.data, model.image_shape, index=req.index, n=req.n)
     labels = None
-    if model.condition_kind == "class" and req.classes is None and not req.data.endswith((".npy", ".npz")):
+    if model.condition_kind == "class" and req.classes is None and not req.data.endswith((".npy", ".npz")) \
+            and not req.data.startswith("data:"):
         labels = input_labels(req.data, index=req.index, n=req.n)
     return x, labels
 

@@ -217,9 +217,9 @@ class Service:
         if data is not None:
             from ..io.data import BUILTIN
 
-            if data not in BUILTIN:
-                raise ServiceError(400, "data", f"the server reads built-in datasets ({', '.join(BUILTIN)}), "
-                                                f"never a path; got {data!r}")
+            if data not in BUILTIN and not data.startswith("data:"):
+                raise ServiceError(400, "data", f"the server reads built-in datasets ({', '.join(BUILTIN)}) or "
+                                                f"base64 data URIs, never a path; got {data[:80]!r}")
         for name in ("direction",):
             v = getattr(req, name, None)
             if v is not None and not v.startswith("class:"):

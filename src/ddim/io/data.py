@@ -44,6 +44,8 @@ def load(name: str, n: int | None = None, seed: int = 42, image_size: int | None
     if name == "digits":
         x = digits()[0]
         return x if n is None else x[:n]
+    if name.startswith("data:"):
+        return load_data_uri(name)
     path = Path(name)
     if path.suffix in (".npy", ".npz") and path.is_file():
         return _load_array(path)
@@ -91,11 +93,66 @@ def _load_array(path: Path) -> torch.Tensor:
             arr = np.load(path, allow_pickle=False)
     except ValueError as e:
         raise UsageError(f"cannot read {path}: {e}") from None
+    return _rows_of(arr, str(path))
+
+
+def _rows_of(arr: np.ndarray, where: str) -> torch.Tensor:
+    """A numeric, finite (N, ...) array as float32 rows; one line naming `where` otherwise."""
     if arr.dtype.kind not in "fiu" or arr.ndim < 2 or arr.shape[0] < 1:
-        raise UsageError(f"{path}: expected a numeric array (N, ...) with N >= 1, got {arr.dtype} {arr.shape}")
+        raise UsageError(f"{where}: expected a numeric array (N, ...) with N >= 1, got {arr.dtype} {arr.shape}")
     if not np.all(np.isfinite(arr)):
-        raise UsageError(f"{path} contains NaN or inf")
+        raise UsageError(f"{where} contains NaN or inf")
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+
+
+#: what a base64 data URI may hold (uploads to the server): one image, or an .npy array (never unpickled)
+DATA_URI_TYPES = ("image/png", "image/jpeg", "application/x-npy")
+
+
+def load_data_uri(uri: str) -> torch.Tensor:
+    """`data:TYPE;base64,PAYLOAD` as rows: a PNG/JPEG image as (1, C, H, W) in [-1, 1], or an .npy array."""
+    import base64
+    import binascii
+    import io
+
+    head, sep, payload = uri.partition(",")
+    kind = head[5:].removesuffix(";base64")
+    if not sep or not head.endswith(";base64") or kind not in DATA_URI_TYPES:
+        raise UsageError(f"a data URI is data:TYPE;base64,PAYLOAD with TYPE one of {', '.join(DATA_URI_TYPES)}")
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise UsageError("the data URI's payload is not valid base64") from None
+    if kind == "application/x-npy":
+        try:
+            arr = np.load(io.BytesIO(raw), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise UsageError(f"the data URI holds no readable .npy array ({str(e).splitlines()[0]})") from None
+        return _rows_of(arr, "the data URI's array")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            arr = _image_array(im, None)
+    except (UnidentifiedImageError, OSError) as e:
+        raise UsageError(f"the data URI holds no readable {kind} image ({type(e).__name__})") from None
+    return _images_tensor([arr])
+
+
+def _image_array(im, image_size: int | None) -> np.ndarray:
+    """A PIL image as an (H, W) or (H, W, 3) float32 array, resized when asked."""
+    from PIL import Image
+
+    im = im.convert("L" if im.mode in ("L", "1", "I", "F") else "RGB")
+    if image_size is not None:
+        im = im.resize((image_size, image_size), Image.BICUBIC)
+    return np.asarray(im, dtype=np.float32)
+
+
+def _images_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
+    x = np.stack(arrays)
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    return torch.from_numpy(x / 127.5 - 1.0)
 
 
 def load_image_folder(path: Path, image_size: int | None = None) -> torch.Tensor:
@@ -109,11 +166,8 @@ def load_image_folder(path: Path, image_size: int | None = None) -> torch.Tensor
     for f in files:
         try:
             with Image.open(f) as im:
-                im = im.convert("L" if im.mode in ("L", "1", "I", "F") else "RGB")
-                if image_size is not None:
-                    im = im.resize((image_size, image_size), Image.BICUBIC)
-                modes.add(im.mode)
-                arrays.append(np.asarray(im, dtype=np.float32))
+                arrays.append(_image_array(im, image_size))
+                modes.add(arrays[-1].ndim)
         except OSError as e:
             raise UsageError(f"cannot read image {f}: {e}") from None
     if len(modes) > 1:
@@ -121,6 +175,4 @@ def load_image_folder(path: Path, image_size: int | None = None) -> torch.Tensor
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise UsageError(f"images in {path} have mixed sizes {sorted(shapes)}; pass --image-size to resize")
-    x = np.stack(arrays)
-    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
-    return torch.from_numpy(x / 127.5 - 1.0)
+    return _images_tensor(arrays)
