@@ -8,7 +8,6 @@ import io
 import json
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -188,10 +187,10 @@ def test_openai_images_endpoint(client):
 def test_listings_health_metrics_and_openapi(client):
     models = client.get("/v1/models").json()["data"]
     assert [m["id"] for m in models] == ["digits", "digits-cond"]
-    assert models[1]["condition"] == "class" and "/" not in json.dumps(models).replace("\\/", "")[:0] + "x"
+    assert models[1]["condition"] == "class" and "/" not in json.dumps(models)  # names, never paths
     samplers = client.get("/v1/samplers").json()
     by = {s["name"]: s for s in samplers["samplers"]}
-    assert by["ddim"]["options"] == {"eta": 0.0} or "eta" in by["ddim"]["options"]
+    assert "eta" in by["ddim"]["options"] and by["unipc"]["options"]
     assert "cfg" in {g["name"] for g in samplers["guidance_rules"]} and "trailing" in samplers["spacings"]["grid"]
     assert client.get("/healthz").json()["ok"] is True
     text = client.get("/metrics").text
@@ -406,9 +405,7 @@ def test_a_client_that_disconnects_mid_stream_changes_nothing():
         with c.stream("GET", f"/v1/jobs/{jid}/events") as s:
             for _ in s.iter_lines():
                 break  # hang up after the first line
-        stop = threading.Event()
         assert wait_done(c, jid)["status"] == "done"
-        stop.set()
         got = npy(c.get(f"/v1/jobs/{jid}/result?format=npy").content)
         assert np.array_equal(got, solo({"task": "sample", "model": "digits", "n": 2, "steps": 200}))
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..core.prediction import _rows_padded
+from ..core.prediction import _rows_padded, network_output
 from ..core.sample import BATCH_INVARIANT_CHUNK
 from ..models.contract import Model
 from .store import ModelStore
@@ -172,11 +172,7 @@ class Engine:
         for a in range(0, n, c):
             b = min(n, a + c)
             ca = {k: _rows_padded(v, a, b, c) if _batched(v, n) else v for k, v in cond.items()}
-            out = net(_rows_padded(x, a, b, c), _rows_padded(t, a, b, c), **ca)
-            if not isinstance(out, torch.Tensor):
-                out = getattr(out, "sample", out)
-                out = out[0] if isinstance(out, tuple | list) else out
-            outs.append(out[: b - a])
+            outs.append(network_output(net(_rows_padded(x, a, b, c), _rows_padded(t, a, b, c), **ca))[: b - a])
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def _ready(self) -> bool:

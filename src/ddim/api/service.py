@@ -172,8 +172,7 @@ class Service:
     # -------------------------------------------------------------------------------------- submit
     def submit(self, body: bytes | str | dict[str, Any], owner: str = "local") -> Job:
         """Validate, check the limits, record (committed) and queue one request; ServiceError if refused."""
-        if isinstance(body, bytes | str) and len(body) > self.limits.max_body:
-            raise ServiceError(413, "body", f"the body is over {self.limits.max_body} bytes")
+        self._check_body(body)
         try:
             req = parse_request(body)
         except UsageError as e:
@@ -187,6 +186,10 @@ class Service:
             job = Job(rec, req, self._rows(req), Ticket(job_id))
             self._enqueue(job)
         return job
+
+    def _check_body(self, body: Any) -> None:
+        if isinstance(body, bytes | str) and len(body) > self.limits.max_body:
+            raise ServiceError(413, "body", f"the body is over {self.limits.max_body} bytes")
 
     def check(self, req: Any) -> Any:
         """The service's own limits and rules on a parsed request; the request as it will run."""
@@ -220,10 +223,9 @@ class Service:
             if data not in BUILTIN and not data.startswith("data:"):
                 raise ServiceError(400, "data", f"the server reads built-in datasets ({', '.join(BUILTIN)}) or "
                                                 f"base64 data URIs, never a path; got {data[:80]!r}")
-        for name in ("direction",):
-            v = getattr(req, name, None)
-            if v is not None and not v.startswith("class:"):
-                raise ServiceError(400, name, "the server takes class:A-B directions, never a path")
+        direction = getattr(req, "direction", None)
+        if direction is not None and not direction.startswith("class:"):
+            raise ServiceError(400, "direction", "the server takes class:A-B directions, never a path")
         req = req.model_copy(update={"batch_invariant": False if self.serial else mine})
         self._resolve(req)
         return req
@@ -354,8 +356,7 @@ class Service:
 
     def generate(self, body: bytes | str, owner: str = "local") -> dict[str, Any]:
         """The OpenAI images API's synchronous call: a sample job, waited for, its images as base64 PNGs."""
-        if len(body) > self.limits.max_body:
-            raise ServiceError(413, "body", f"the body is over {self.limits.max_body} bytes")
+        self._check_body(body)
         try:
             ir = parse_images_request(body)
         except UsageError as e:
@@ -531,11 +532,14 @@ def _png(images: Any) -> bytes:
 
 def image_pngs(images: np.ndarray) -> list[bytes]:
     """One PNG per image (N, C, H, W) in [-1, 1], pixel for pixel (no border); 2-D points have no pictures."""
+    import torch
     from PIL import Image
+
+    from ..io.plots import images_uint8
 
     if images.ndim != 4:
         return []
-    x = ((np.clip(images, -1, 1) + 1) * 127.5).round().astype(np.uint8).transpose(0, 2, 3, 1)
+    x = images_uint8(torch.from_numpy(images)).transpose(0, 2, 3, 1)
     out = []
     for im in x:
         buf = io.BytesIO()

@@ -73,6 +73,14 @@ def fixed_rows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, chun
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
+def network_output(out: Any) -> Any:
+    """The tensor a network call returned: itself, a diffusers output's `.sample`, or a tuple's first item."""
+    if isinstance(out, torch.Tensor):
+        return out
+    out = getattr(out, "sample", out)
+    return out[0] if isinstance(out, tuple | list) else out
+
+
 def _rows_padded(v: torch.Tensor, a: int, b: int, c: int) -> torch.Tensor:
     """Rows a..b of v, padded to c rows by repeating the last one (the padding's outputs are dropped)."""
     part = v[a:b]
@@ -219,10 +227,7 @@ class Denoiser:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ModelOutputError(f"the network failed on input of shape {tuple(x.shape)} "
                                    f"at timestep t={t}: {msg}") from e
-        if not isinstance(out, torch.Tensor):
-            out = getattr(out, "sample", out)
-            if isinstance(out, tuple | list):
-                out = out[0]
+        out = network_output(out)
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ModelOutputError(f"model output at timestep t={t} has shape {got}, expected {tuple(x.shape)}")

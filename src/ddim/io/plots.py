@@ -45,9 +45,14 @@ def scatter(panels: Sequence[tuple[str, torch.Tensor]], path: str | Path, lim: f
     return _save(fig, path)
 
 
+def images_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] → uint8 pixels of the same shape."""
+    return ((images.detach().cpu().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
 def image_grid_array(images: torch.Tensor, nrow: int | None = None) -> np.ndarray:
     """(N, C, H, W) in [-1, 1] → one (rows·H, cols·W[, 3]) uint8 array with 1-pixel gaps."""
-    x = ((images.detach().cpu().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    x = images_uint8(images)
     n, c, h, w = x.shape
     nrow = nrow or int(np.ceil(np.sqrt(n)))
     ncol = int(np.ceil(n / nrow))
