@@ -266,7 +266,8 @@ def _field(loc: tuple, msg: str = "") -> str:
         word = re.match(r"(?:give )?([a-z_]+)\b", msg)
         if word and word.group(1) in _FIELDS:
             return f"request field {word.group(1)}"
-    return f"request field {'.'.join(parts)}" if parts else "request"
+    name = ".".join(p or "''" for p in parts)  # an empty key is named as such
+    return f"request field {name}" if parts else "request"
 
 
 def parse_request(data: str | bytes | dict[str, Any]) -> Any:
@@ -293,7 +294,11 @@ def request_json(request: BaseModel) -> str:
 def request_schema(ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
     """The JSON schema of `Request`, generated from the definitions above (`ref_template`: where its parts live,
     e.g. an OpenAPI document's components)."""
-    return _ADAPTER.json_schema(ref_template=ref_template)
+    schema = _ADAPTER.json_schema(ref_template=ref_template)
+    for part in schema["$defs"].values():  # the union is told apart by task: a body must name it
+        if "task" in part.get("properties", {}):
+            part["required"] = ["task", *(r for r in part.get("required", []) if r != "task")]
+    return schema
 
 
 class ImagesRequest(BaseModel):

@@ -20,6 +20,7 @@ from ..core.guidance import Guidance
 from ..core.prediction import fixed_rows
 from ..core.run import RunStats, StepInfo
 from ..core.sample import invariant, resolve_timesteps
+from ..core.samplers import get_sampler
 from ..models.contract import Model, SamplingPlan
 from .request import GuidanceSpec, check_sampler_options
 from .store import ModelStore
@@ -123,6 +124,10 @@ def resolve_plan(req: Any, model: Model) -> SamplingPlan:
         check_sampler_options(plan.sampler, req.options)
     except ValueError as e:
         raise UsageError(f"request field options: {e}") from None
+    try:  # the guidance settings and their fit with the sampler, before any step runs
+        get_sampler(plan.sampler).check_guidance_rule(guidance_of(req, model).rule)
+    except UsageError as e:
+        raise UsageError(f"request field guidance: {e}") from None
     ts = plan.timesteps if plan.timesteps is not None else resolve_timesteps(den, plan.steps, plan.spacing, None)
     return SamplingPlan(den, plan.sampler, plan.spacing, len(ts), ts)
 
@@ -139,12 +144,31 @@ def _cycled(values: list, n: int) -> list:
 
 
 def check_condition(req: Any, model: Model) -> None:
-    """Prompts only for text-to-image models, classes only for class-conditional ones."""
+    """Prompts only for text-to-image models, classes only for class-conditional ones, and guidance only where
+    there is a condition to guide by (checked before a run starts, so a server refuses it at submission)."""
     if req.prompt is not None and model.condition_kind != "prompt":
         raise UsageError(f"request field prompt: {model.name} takes no prompts (a text-to-image folder does)")
     if req.classes is not None and model.condition_kind != "class":
         what = "prompts, not classes" if model.condition_kind == "prompt" else "no classes (it is unconditional)"
         raise UsageError(f"request field classes: {model.name} takes {what}")
+    if model.condition_kind != "prompt" and req.classes is None and not _labelled_data(req, model):
+        _no_guidance(req, model)
+
+
+def _labelled_data(req: Any, model: Model) -> bool:
+    """Whether a class model's data rows bring their own labels (a built-in labelled dataset)."""
+    data = getattr(req, "data", None)
+    return model.condition_kind == "class" and data is not None and not data.endswith((".npy", ".npz")) \
+        and not data.startswith("data:")
+
+
+def _no_guidance(req: Any, model: Model) -> None:
+    """Refuse guidance settings on a run without a condition."""
+    g = guidance_of(req, model)
+    unused = {k: v for k, v in req.guidance.model_dump().items() if k != "scale" and v != _NO_GUIDANCE[k]}
+    if unused or (req.guidance.scale is not None and not g.trivial):
+        raise UsageError("request field guidance: guidance needs classes (a class-conditional model) or a prompt "
+                         "(a text-to-image model)")
 
 
 def conditioning(req: Any, model: Model, n: int, labels: torch.Tensor | None = None) -> dict[str, Any]:
@@ -157,9 +181,7 @@ def conditioning(req: Any, model: Model, n: int, labels: torch.Tensor | None = N
         return {"condition": model.condition(prompts), "uncond": unc, "guidance": g}
     cond = torch.tensor(_cycled(req.classes, n)) if req.classes is not None else labels
     if cond is None:
-        unused = {k: v for k, v in req.guidance.model_dump().items() if k != "scale" and v != _NO_GUIDANCE[k]}
-        if unused or (req.guidance.scale is not None and not g.trivial):
-            raise UsageError("guidance needs classes (a class-conditional model) or a prompt (a text-to-image model)")
+        _no_guidance(req, model)
         return {}
     return {"condition": cond, "guidance": g}
 
@@ -170,8 +192,7 @@ def input_rows(req: Any, model: Model) -> tuple[torch.Tensor, torch.Tensor | Non
 
     x = load_inputs(req.data, model.image_shape, index=req.index, n=req.n)
     labels = None
-    if model.condition_kind == "class" and req.classes is None and not req.data.endswith((".npy", ".npz")) \
-            and not req.data.startswith("data:"):
+    if req.classes is None and _labelled_data(req, model):
         labels = input_labels(req.data, index=req.index, n=req.n)
     return x, labels
 

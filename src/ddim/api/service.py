@@ -14,6 +14,7 @@ import hmac
 import io
 import json
 import shutil
+import sqlite3
 import threading
 import time
 import uuid
@@ -56,6 +57,8 @@ class Limits:
     max_size: int = 1024
     max_prompt: int = 2000
     max_body: int = 1 << 20
+    #: seconds a client may take to send its request headers or its body (408 / connection closed after)
+    client_timeout: float = 30.0
 
 
 def field_of(message: str) -> str:
@@ -182,7 +185,11 @@ class Service:
             if len(self._queue) >= self.limits.max_queue:
                 raise ServiceError(429, "queue", f"the queue is full ({self.limits.max_queue} jobs); retry later")
             job_id = uuid.uuid4().hex
-            rec = self.jobs.add(job_id, owner, req.model_dump(mode="json"))
+            try:
+                rec = self.jobs.add(job_id, owner, req.model_dump(mode="json"))
+            except (OSError, sqlite3.Error) as e:  # a full disk: refused, so nothing accepted is lost
+                raise ServiceError(507, "store", f"the job store cannot record the job ({e}); nothing was "
+                                                 "accepted, retry later") from None
             job = Job(rec, req, self._rows(req), Ticket(job_id))
             self._enqueue(job)
         return job
@@ -209,7 +216,9 @@ class Service:
         if self._rows(req) > lim.max_rows:
             raise ServiceError(400, "n", f"{self._rows(req)} rows is over this server's max_rows={lim.max_rows}")
         if req.steps > lim.max_steps or (req.timesteps is not None and len(req.timesteps) > lim.max_steps):
-            raise ServiceError(400, "steps", f"steps is over this server's max_steps={lim.max_steps}")
+            given = "" if "steps" in req.model_fields_set or req.timesteps is not None else \
+                f" (steps {req.steps} is the default: give steps)"
+            raise ServiceError(400, "steps", f"steps is over this server's max_steps={lim.max_steps}{given}")
         size = getattr(req, "size", None)
         if size is not None and max(size) > lim.max_size:
             raise ServiceError(400, "size", f"size {size[0]}x{size[1]} is over this server's max_size={lim.max_size}")
@@ -302,7 +311,7 @@ class Service:
             if job.ticket.cancelled.is_set():
                 raise Cancelled(rid)
             t0 = time.time()
-            self.jobs.update(rid, status="running", started=t0)
+            self._record(rid, status="running", started=t0)
             job.record.status, job.record.started = "running", t0
             job.emit("status", status="running")
             last = [time.perf_counter()]
@@ -323,13 +332,15 @@ class Service:
         except Cancelled:
             if self._closing:  # shutting down, not cancelled by a client: the row stays as it was, to rerun
                 return
-            self.jobs.update(rid, status="cancelled", finished=time.time())
+            self._record(rid, status="cancelled", finished=time.time(), step=job.record.step,
+                         steps=job.record.steps, nfe=job.ticket.calls)
             self._finish(job, "cancelled")
         except Exception as e:  # a failed job is reported on the job, never takes the service down
             if self._closing:
                 return
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            self.jobs.update(rid, status="failed", finished=time.time(), error=msg)
+            self._record(rid, status="failed", finished=time.time(), error=msg, step=job.record.step,
+                         steps=job.record.steps, nfe=job.ticket.calls)
             job.record.error = msg
             self._finish(job, "failed")
         finally:
@@ -337,6 +348,14 @@ class Service:
             with self._cv:
                 self._rows_running -= job.rows
                 self._cv.notify_all()
+
+    def _record(self, job_id: str, **fields: Any) -> None:
+        """Update a job's row; if the store cannot be written (a full disk) the row keeps its last state, so a
+        restart runs the job again rather than losing it."""
+        try:
+            self.jobs.update(job_id, **fields)
+        except (OSError, sqlite3.Error):
+            pass
 
     def _finish(self, job: Job, status: str) -> None:
         job.record.status, job.record.finished = status, time.time()
@@ -346,7 +365,10 @@ class Service:
             self._recent[job.record.id] = job
             while len(self._recent) > 256:
                 self._recent.popitem(last=False)
-        self.jobs.expire()
+        try:
+            self.jobs.expire()
+        except (OSError, sqlite3.Error):  # a full disk: expiry waits for the next finished job
+            pass
 
     def wait(self, job: Job, timeout: float | None = None) -> str:
         """Block until the job has finished (or the timeout passed); its status."""
@@ -361,7 +383,11 @@ class Service:
             ir = parse_images_request(body)
         except UsageError as e:
             raise ServiceError(400, field_of(str(e)), str(e)) from None
-        job = self.submit(self.images_job(ir), owner)
+        try:
+            job = self.submit(self.images_job(ir), owner)
+        except ServiceError as e:  # name the field of the images request, not of the job behind it
+            field = {"guidance": "guidance_scale", "classes": "prompt"}.get(e.field, e.field)
+            raise ServiceError(e.status, field, e.message) from None
         status = self.wait(job)
         if status != "done":
             raise ServiceError(422 if status == "failed" else 409, "request",

@@ -165,7 +165,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError("--replicas needs --ray")
     models = served_models(args.models.split(","))
     limits = Limits(max_rows=args.max_rows, max_queue=args.max_queue, max_steps=args.max_steps,
-                    max_size=args.max_size, max_body=args.max_body)
+                    max_size=args.max_size, max_body=args.max_body, client_timeout=args.client_timeout)
     options = {"store": args.store, "limits": limits, "keys": keys, "device": args.device, "ttl": args.result_ttl,
                "max_bytes": args.result_max_bytes, "serial": args.serial, "chunk": args.chunk}
     cors = [o.strip() for o in args.cors.split(",") if o.strip()] if args.cors else None

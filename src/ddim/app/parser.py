@@ -30,6 +30,7 @@ def _checked(kind: type, minimum: float, what: str):
 _positive_int = _checked(int, 1, "integer")
 _nonneg_int = _checked(int, 0, "integer")
 _finite_nonneg = _checked(float, 0.0, "number")
+_positive_float = _checked(float, 0.1, "number of seconds")
 
 
 
@@ -324,7 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=_positive_int, default=1000, help="steps per request (default 1000)")
     p.add_argument("--max-size", type=_positive_int, default=1024, help="largest image side (default 1024)")
     p.add_argument("--max-body", type=_positive_int, default=1 << 20, help="request body bytes (default 1 MiB)")
-    p.add_argument("--result-ttl", type=float, default=7 * 86400, help="seconds a result is kept (default 7 days)")
+    p.add_argument("--client-timeout", type=_positive_float, default=30.0,
+                   help="seconds a client may take to send its headers or body (then 408; default 30)")
+    p.add_argument("--result-ttl", type=_positive_float, default=7 * 86400,
+                   help="seconds a result is kept (default 7 days)")
     p.add_argument("--result-max-bytes", type=_positive_int, default=1 << 30,
                    help="total bytes of results kept, oldest dropped first (default 1 GiB)")
     p.add_argument("--cors", default=None, help="comma-separated origins allowed by CORS (default: CORS off)")

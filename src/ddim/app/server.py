@@ -58,23 +58,44 @@ def create_app(service: Any, *, cors: list[str] | None = None) -> Any:
     async def _bug(request: Request, e: Exception) -> JSONResponse:  # a bug must not look like the client's fault
         return JSONResponse(ServiceError(500, "server", f"internal error: {type(e).__name__}").body(), 500)
 
+    if service.keys.required:
+        @app.middleware("http")
+        async def _key(request: Request, call_next: Any) -> Any:
+            """With keys configured every path but /healthz needs one, /docs and /openapi.json and unknown paths
+            included (CORS pre-flights carry no credentials: the CORS layer answers them)."""
+            if request.url.path != "/healthz" and request.method != "OPTIONS":
+                try:
+                    owner(request)
+                except ServiceError as e:
+                    return JSONResponse(e.body(), status_code=e.status)
+            return await call_next(request)
+
     def owner(request: Request) -> str:
         auth = request.headers.get("authorization", "")
         key = auth[7:] if auth[:7].lower() == "bearer " else request.headers.get("x-api-key")
         return service.keys.owner(key)
 
     async def body(request: Request) -> bytes:
-        """The request body, refused with 413 as soon as it passes the cap (before any parsing)."""
-        cap = service.limits.max_body
+        """The request body, refused with 413 as soon as it passes the cap (before any parsing) and with 408 when
+        it takes longer than the client timeout (a slow client holds no worker: this read is asynchronous)."""
+        from starlette.requests import ClientDisconnect
+
+        cap, limit = service.limits.max_body, service.limits.client_timeout
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > cap:
             raise ServiceError(413, "body", f"the body is over {cap} bytes")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > cap:
-                raise ServiceError(413, "body", f"the body is over {cap} bytes")
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(limit):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > cap:
+                        raise ServiceError(413, "body", f"the body is over {cap} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise ServiceError(408, "body", f"the body did not arrive within {limit:g} s") from None
+        except ClientDisconnect:
+            raise ServiceError(400, "body", "the client disconnected before the body arrived") from None
         return b"".join(chunks)
 
     request_body = {"requestBody": {"required": True, "content": {"application/json": {
@@ -172,11 +193,66 @@ def create_app(service: Any, *, cors: list[str] | None = None) -> Any:
             img = images_schema(ref_template="#/components/schemas/{model}")
             comps.update(img.pop("$defs", {}))
             comps["ImagesRequest"] = img
+            _served(comps, service)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi
     return app
+
+
+def _served(comps: dict[str, Any], service: Any) -> None:
+    """This server's own request schema: `model` is one of the served names; steps and rows within its limits."""
+    names, lim = service.models.names(), service.limits
+    for name, part in comps.items():
+        props = part.get("properties", {})
+        if not name.endswith("Request") or "model" not in props:
+            continue
+        served = {"type": "string", "enum": names, "description": "a model this server serves"}
+        if "anyOf" in props["model"]:  # the images request's model is optional (default: the first served)
+            props["model"] = {"anyOf": [served, {"type": "null"}], "default": None}
+        else:  # a job names its model (the library's default, the mixture, is not served)
+            props["model"] = served
+            part["required"] = [*part.get("required", []), "model"]
+        for key, cap in (("steps", lim.max_steps), ("n", lim.max_rows)):
+            for branch in props.get(key, {}).get("anyOf", [props.get(key, {})]):
+                if branch.get("type") == "integer":
+                    branch["maximum"] = min(branch.get("maximum", cap), cap)
+
+
+def _protocol(header_timeout: float) -> Any:
+    """uvicorn's h11 protocol with a deadline for a new connection's request line and headers (uvicorn itself
+    waits for them forever), so idle or slow-header connections cannot pile up."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Protocol(H11Protocol):
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._deadline = self.loop.call_later(header_timeout, self._headers_late)
+
+        def _headers_late(self) -> None:
+            import h11
+
+            if self.conn.their_state is h11.IDLE:  # still no complete request line and headers: hang up
+                self.timeout_keep_alive_handler()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def send_400_response(self, msg: str) -> None:
+            """A request h11 cannot parse (malformed, or headers over its 16 KiB limit): a JSON 400 like ours."""
+            import h11
+
+            body = json.dumps({"error": {"field": "headers", "message": f"headers: {msg}", "status": 400}}).encode()
+            headers = [(b"content-type", b"application/json"), (b"connection", b"close"),
+                       (b"content-length", str(len(body)).encode())]
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
+                          h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return Protocol
 
 
 def _version() -> str:
@@ -210,7 +286,7 @@ def serve(service: Any, host: str, port: int, *, cors: list[str] | None = None, 
     sock.listen(2048)  # listening before the address is printed: early clients wait in the backlog
     real = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=5, limit_concurrency=512,
-                            timeout_graceful_shutdown=10)
+                            timeout_graceful_shutdown=10, http=_protocol(service.limits.client_timeout))
     print(f"ddim serve: http://{host}:{real}/ (models: {', '.join(service.models.names())}; docs at /docs)",
           flush=True)
     import signal

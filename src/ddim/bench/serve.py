@@ -5,9 +5,6 @@ bounded clients in the same run. Counts and seconds are capped; the clients stop
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .process import ServerProcess
 
 
 @dataclass
@@ -49,35 +48,9 @@ class Measured:
         return float(np.percentile(self.latencies, p)) if self.latencies else float("nan")
 
 
-def _start(models: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    args = [sys.executable, "-m", "ddim", "serve", "--port", "0", "--models", models, "--max-queue", "4096", *extra]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    t0 = time.time()
-    for line in proc.stdout:
-        if line.startswith("ddim serve: http://"):
-            url = line.split()[2].rstrip("/")
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-            return proc, url
-        if time.time() - t0 > 300:
-            break
-    proc.kill()
-    raise RuntimeError("the server did not start")
-
-
 #: the servers measured: ours at the default chunk, ours at chunk 64, and the baseline
 MODES = (("ddim serve, chunk 16", ["--chunk", "16"]), ("ddim serve, chunk 64", ["--chunk", "64"]),
          ("one request at a time", ["--serial"]))
-
-
-def _peak_rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
 
 
 def _metric(text: str, name: str) -> float:
@@ -145,16 +118,13 @@ def measure(load: Load) -> list[Measured]:
 
     out = []
     for mode, flags in tqdm(MODES, desc=f"serve bench: {load.name}", unit="server"):
-        proc, url = _start(load.models, ["--max-rows", "64", *flags])
-        try:
+        with ServerProcess("--models", load.models, "--max-queue", "4096", "--max-rows", "64", *flags,
+                           timeout=300) as srv:
             warm = Load(load.name, load.models, load.requests[:2], 2, 2, 60)
-            drive(url, warm, mode)
-            m = drive(url, load, mode)
-            m.peak_rss_mb = _peak_rss_mb(proc.pid)
+            drive(srv.url, warm, mode)
+            m = drive(srv.url, load, mode)
+            m.peak_rss_mb = srv.peak_rss_mb()
             out.append(m)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
     return out
 
 

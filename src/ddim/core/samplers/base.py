@@ -54,6 +54,12 @@ class Sampler:
         """The most steps whose NFE fits the budget (at least 1)."""
         return max(1, (nfe - self.nfe_offset) // self.nfe_per_step)
 
+    def check_guidance_rule(self, rule: str) -> None:
+        """Some guidance rules (CFG++) are defined for DDIM-type steps only."""
+        if GUIDANCE_RULES[rule].ddim_type_only and not self.ddim_type:
+            ok = ", ".join(n for n, s in SAMPLERS.items() if s.ddim_type)
+            raise UsageError(f"{rule} guidance is defined for DDIM-type steps ({ok}), not {self.name!r}")
+
     def __call__(self, denoiser: Denoiser, x: torch.Tensor, timesteps: Any, *, generator: NoiseLike = None,
                  callback: Callback | None = None, stats: RunStats | None = None, **options: Any) -> torch.Tensor:
         """Run the sampler from x over a decreasing list of levels; counts go to `stats` when given."""
@@ -61,9 +67,8 @@ class Sampler:
             raise TypeError("samplers take a ddim.Denoiser (wrap the network: Denoiser(net, schedule))")
         denoiser.check_input(x)
         guidance = getattr(denoiser, "guidance", None)
-        if guidance is not None and GUIDANCE_RULES[guidance.rule].ddim_type_only and not self.ddim_type:
-            ok = ", ".join(n for n, s in SAMPLERS.items() if s.ddim_type)
-            raise UsageError(f"{guidance.rule} guidance is defined for DDIM-type steps ({ok}), not {self.name!r}")
+        if guidance is not None:
+            self.check_guidance_rule(guidance.rule)
         ts = denoiser.path.validate_timesteps(timesteps)
         model = Tracked(denoiser.for_run(), stats)
         try:
