@@ -506,3 +506,25 @@ def test_uploaded_images_as_data_uris_and_bad_ones(client):
         r = client.post("/v1/jobs", json={"task": "reconstruct", "model": "digits", "data": bad, "steps": 4})
         assert r.status_code == 400 and r.json()["error"]["field"] == "data", r.text
         assert "\n" not in r.json()["error"]["message"]
+
+
+def test_what_the_explorer_reads_previews_per_sample_scores_and_pictures(client):
+    jid = client.post("/v1/jobs", json={"task": "sample", "model": "digits-cond", "n": 4, "steps": 4, "classes": [3],
+                                        "preview_every": 1, "score": True}).json()["id"]
+    with client.stream("GET", f"/v1/jobs/{jid}/events") as s:
+        previews = [json.loads(ln[6:]) for ln in s.iter_lines() if ln.startswith("data: ") and '"preview"' in ln]
+    assert [len(p["images"]) for p in previews] == [4] * 4 and [len(p["states"]) for p in previews] == [4] * 4
+    assert previews[0]["states"][0] != previews[-1]["states"][0]  # x_t moves from noise to the sample
+    body = client.get(f"/v1/jobs/{jid}/result?format=json").json()
+    q = body["summary"]["quality"]
+    assert set(q) >= {"fd", "fd_bal", "acc", "n"} and q["n"] == 4 and 0 <= q["acc"] <= 1
+    assert body["provenance"]["plan"]["sampler"]
+    inv = client.post("/v1/jobs", json={"task": "invert", "model": "digits-cond", "data": "digits", "index": [5],
+                                        "steps": 5}).json()["id"]
+    assert wait_done(client, inv)["status"] == "done"
+    pics = client.get(f"/v1/jobs/{inv}/result?format=json").json()["pictures"]
+    assert {k: len(v) for k, v in pics.items()} == {"encodings": 1, "reconstruction": 1, "inputs": 1}
+    from ddim.core.errors import UsageError
+
+    with pytest.raises(UsageError, match="request field score"):  # the digit classifier scores 8×8 digits only
+        run(parse_request({"task": "sample", "model": "mixture:mog3", "n": 2, "steps": 2, "score": True}))

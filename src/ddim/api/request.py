@@ -173,6 +173,8 @@ class SampleRequest(_Run, _Seeded):
     batch: Annotated[int, Field(ge=1)] = Field(1000, description="samples per batch; more are written as shards")
     size: tuple[PositiveInt, PositiveInt] | None = Field(None, description="image height and width (latent models: "
                                                          "a multiple of the latent scale); default: the model's")
+    score: bool = Field(False, description="8×8 digit models: score the samples with the benchmarks' digit "
+                                           "classifier (FD, class-balanced FD, coverage; accuracy of asked classes)")
 
 
 class Img2ImgRequest(_Run, _Inputs):

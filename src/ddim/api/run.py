@@ -33,11 +33,12 @@ _INVERSION_TASKS = ("invert", "reconstruct", "edit", "interpolate", "likelihood"
 
 @dataclass(frozen=True)
 class Preview:
-    """x̂0 (decoded to images) after step `step` of `steps`, for progress displays."""
+    """x̂0 (`images`) and the state x_t (`states`), decoded to images, after step `step` of `steps`."""
 
     step: int
     steps: int
     images: torch.Tensor
+    states: torch.Tensor | None = None
 
 
 @dataclass
@@ -153,6 +154,9 @@ def check_condition(req: Any, model: Model) -> None:
         raise UsageError(f"request field classes: {model.name} takes {what}")
     if model.condition_kind != "prompt" and req.classes is None and not _labelled_data(req, model):
         _no_guidance(req, model)
+    if getattr(req, "score", False) and tuple(model.image_shape) != (1, 8, 8):
+        raise UsageError(f"request field score: the score is the digit classifier's, for 8×8 digit models; "
+                         f"{model.name} makes {'×'.join(map(str, model.image_shape))} images")
 
 
 def _labelled_data(req: Any, model: Model) -> bool:
@@ -207,7 +211,7 @@ def _preview_callback(req: Any, model: Model, ctx: _Ctx, steps: int) -> Callable
         if ctx.on_step is not None:
             ctx.on_step(info.i + 1, steps)
         if k is not None and info.denoised is not None and ((info.i + 1) % k == 0 or info.i + 1 == steps):
-            ctx.preview(Preview(info.i + 1, steps, _decode(model, info.denoised, None)))
+            ctx.preview(Preview(info.i + 1, steps, _decode(model, info.denoised, None), _decode(model, info.x, None)))
     return cb
 
 
@@ -262,7 +266,17 @@ def _sample(req: Any, model: Model, ctx: _Ctx):
     if z is None:  # another torchrun rank: rank 0 holds the samples
         return "samples", {}, {}, [], stats, plan
     images = _np(_decode(model, torch.from_numpy(z).to(device), den.fixed_rows)) if model.codec is not None else z
-    return "samples", {"samples": images}, {}, [], stats, plan
+    summary = {"quality": digit_scores(images, req.classes, req.n)} if req.score else {}
+    return "samples", {"samples": images}, summary, [], stats, plan
+
+
+def digit_scores(images: np.ndarray, classes: list[int] | None, n: int) -> dict[str, float]:
+    """The benchmarks' digit-classifier scores of a few samples (FD is biased upwards at small n: compare
+    configurations at equal n and seeds, as the explorer does)."""
+    from ..bench.classifier import judge
+
+    labels = torch.tensor(_cycled(classes, n)) if classes else None
+    return judge().score(torch.from_numpy(images).float(), labels)
 
 
 def _img2img(req: Any, model: Model, ctx: _Ctx):

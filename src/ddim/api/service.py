@@ -159,6 +159,7 @@ class Service:
         self._rows_running = 0
         self._cv = threading.Condition()
         self._closing = False
+        self._draining = False
         self._threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
         self.started = time.time()
         self.finished_images = 0
@@ -182,6 +183,8 @@ class Service:
             raise ServiceError(400, field_of(str(e)), str(e)) from None
         req = self.check(req)
         with self._cv:
+            if self._closing or self._draining:
+                raise ServiceError(503, "server", "the server is shutting down; retry when it is back")
             if len(self._queue) >= self.limits.max_queue:
                 raise ServiceError(429, "queue", f"the queue is full ({self.limits.max_queue} jobs); retry later")
             job_id = uuid.uuid4().hex
@@ -524,6 +527,11 @@ class Service:
         lines += [f'ddim_step_seconds{{quantile="{p}"}} {q(p):.6f}' for p in (0.5, 0.95, 0.99)]
         return "\n".join(lines) + "\n"
 
+    def stop_admitting(self) -> None:
+        """The drain's first step (on SIGTERM): new submissions get 503; queued and running jobs carry on."""
+        with self._cv:
+            self._draining = True
+
     def close(self) -> None:
         """Stop admitting; running jobs are cancelled and, being recorded as running, rerun at the next start."""
         with self._cv:
@@ -574,6 +582,12 @@ def image_pngs(images: np.ndarray) -> list[bytes]:
     return out
 
 
+def _b64_pngs(images: Any) -> list[str]:
+    """Per-image PNGs (pixels clipped to [-1, 1]) as base64 text."""
+    arr = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
+    return [base64.b64encode(p).decode() for p in image_pngs(arr)]
+
+
 def execute(engine: Engine, store: EngineStore, request: Any, ticket: Ticket, scratch: Path,
             emit: Callable[..., None]) -> tuple[int, int]:
     """Run one job as `ticket` on the engine's shared networks, write its result files into `scratch`, emit
@@ -583,8 +597,9 @@ def execute(engine: Engine, store: EngineStore, request: Any, ticket: Ticket, sc
     def on_step(i: int, steps: int) -> None:
         emit("progress", step=i, steps=steps, calls=ticket.calls)
 
-    def on_preview(p: Any) -> None:
-        emit("preview", step=p.step, steps=p.steps, png=base64.b64encode(_png(p.images)).decode())
+    def on_preview(p: Any) -> None:  # the x̂0 grid, and x̂0 and x_t per sample (the explorer's trajectory)
+        emit("preview", step=p.step, steps=p.steps, png=base64.b64encode(_png(p.images)).decode(),
+             images=_b64_pngs(p.images), states=_b64_pngs(p.states) if p.states is not None else [])
 
     result = run_job(engine, ticket, lambda: run(request, store, preview=on_preview, on_step=on_step))
     _write_result(result, scratch)
@@ -603,8 +618,9 @@ def _write_result(result: Any, folder: Path) -> None:
     else:
         save_result(result, folder / ("result.png" if result.task in PICTURE_TASKS else "result.npy"))
     body = {"task": result.task, "output": result.output, "shape": list(result.main.shape),
-            "images": [base64.b64encode(p).decode() for p in image_pngs(result.main)]
-            if result.task in ("sample", "img2img") else [],
+            "images": _b64_pngs(result.main) if result.task in ("sample", "img2img") else [],
+            "pictures": {k: _b64_pngs(v) if v.ndim == 4 else [_b64_pngs(row) for row in v]
+                         for k, v in result.arrays.items() if v.ndim in (4, 5)},
             "summary": result.summary, "labels": result.labels, "provenance": result.provenance,
             "nfe": result.stats.nfe, "seconds": result.seconds}
     (folder / "result.json").write_text(json.dumps(body))

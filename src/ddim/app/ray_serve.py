@@ -155,7 +155,7 @@ def serve_ray(models: dict[str, str], options: dict[str, Any], host: str, port: 
         serve.start(http_options={"host": host, "port": port})
         serve.run(Ingress.bind(Worker.bind(models, device, options.get("chunk", 16))), name=APP, route_prefix="/")
         print(f"ddim serve: http://{host}:{port}/ (Ray Serve, {replicas} worker replica(s); models: "
-              f"{', '.join(models)}; docs at /docs)", flush=True)
+              f"{', '.join(models)}; explorer at /, API docs at /docs)", flush=True)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())

@@ -5,11 +5,14 @@ bodies are read with a size cap and handed to the service as bytes, refusals bec
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 from ..core.errors import UsageError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: paths that need no key: liveness and the explorer page (its scripts and styles are under /static/)
+PUBLIC = ("/healthz", "/")
 
 
 def require_serve() -> None:
@@ -61,9 +64,11 @@ def create_app(service: Any, *, cors: list[str] | None = None) -> Any:
     if service.keys.required:
         @app.middleware("http")
         async def _key(request: Request, call_next: Any) -> Any:
-            """With keys configured every path but /healthz needs one, /docs and /openapi.json and unknown paths
-            included (CORS pre-flights carry no credentials: the CORS layer answers them)."""
-            if request.url.path != "/healthz" and request.method != "OPTIONS":
+            """With keys configured every path but /healthz and the explorer's static files (no data: the page
+            asks for the key and sends it on every API call) needs one, /docs and /openapi.json and unknown
+            paths included (CORS pre-flights carry no credentials: the CORS layer answers them)."""
+            if request.url.path not in PUBLIC and not request.url.path.startswith("/static/") \
+                    and request.method != "OPTIONS":
                 try:
                     owner(request)
                 except ServiceError as e:
@@ -167,6 +172,22 @@ def create_app(service: Any, *, cors: list[str] | None = None) -> Any:
         owner(request)
         return {"samplers": catalog.samplers(), "guidance_rules": catalog.guidance_rules(),
                 "spacings": catalog.spacings()}
+
+    static = Path(__file__).parent / "static"
+    media = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+             ".css": "text/css; charset=utf-8"}
+    files = {p.name: p for p in static.iterdir() if p.suffix in media}
+
+    @app.get("/", include_in_schema=False)
+    def page() -> Response:
+        return Response((static / "index.html").read_bytes(), media_type=media[".html"])
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def asset(name: str) -> Response:  # only the page's own files, by exact name: no path reaches the disk
+        if name not in files:
+            raise ServiceError(404, "path", f"no file {name!r}")
+        return Response(files[name].read_bytes(), media_type=media[files[name].suffix],
+                        headers={"Cache-Control": "no-cache"})
 
     @app.get("/healthz", summary="Liveness (no key needed)")
     def healthz() -> dict[str, Any]:
@@ -287,14 +308,19 @@ def serve(service: Any, host: str, port: int, *, cors: list[str] | None = None, 
     real = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level=log_level, timeout_keep_alive=5, limit_concurrency=512,
                             timeout_graceful_shutdown=10, http=_protocol(service.limits.client_timeout))
-    print(f"ddim serve: http://{host}:{real}/ (models: {', '.join(service.models.names())}; docs at /docs)",
-          flush=True)
+    print(f"ddim serve: http://{host}:{real}/ (models: {', '.join(service.models.names())}; explorer at /, "
+          "API docs at /docs)", flush=True)
     import signal
 
     for sig in (signal.SIGINT, signal.SIGTERM):  # uvicorn re-raises the signal after its graceful shutdown;
         signal.signal(sig, lambda *_: None)      # caught here, the service drains and the process exits 0
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:  # stop admitting at once, not when the loop notices
+            service.stop_admitting()
+            super().handle_exit(sig, frame)
+
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        Server(config).run(sockets=[sock])
     finally:
         service.close()
     print("ddim serve: stopped (queued and running jobs stay recorded and run at the next start)", flush=True)

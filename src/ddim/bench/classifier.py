@@ -155,3 +155,13 @@ class DigitsJudge:
         out["seeds"] = [self.score(xs, None if labels is None else ls)
                         for xs, ls in zip(per_seed, labels or [None] * len(per_seed))]
         return out
+
+
+_JUDGE: list[DigitsJudge] = []
+
+
+def judge() -> DigitsJudge:
+    """One shared judge per process (it holds the real digits' features)."""
+    if not _JUDGE:
+        _JUDGE.append(DigitsJudge())
+    return _JUDGE[0]
