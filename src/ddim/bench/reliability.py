@@ -474,7 +474,8 @@ def kills(points: int = 5, jobs_per_point: int = 8, seed: int = 0) -> Part:
     part.figures = {"points": points, "kill_delays_s": delays, "accepted": len(accepted), "ends": dict(ends),
                     "interrupted_and_rerun": interrupted, "lost": len(accepted) - ends.get("done", 0)}
     part.check("accepted jobs (over all restarts)", len(accepted), len(accepted) == points * len(reqs))
-    part.check("jobs queued or running at a kill, run again after the restart", interrupted, True)
+    part.check("jobs queued or running at a kill, run again after the restart (summed over the kills)", interrupted,
+               True)
     part.check("accepted jobs done after the last restart", f"{ends.get('done', 0)} of {len(accepted)}",
                ends.get("done", 0) == len(accepted))
     part.check("results that differ from their solo run", wrong, wrong == 0)
