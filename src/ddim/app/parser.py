@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from ..bench.suites import SUITES
+from . import suites as _app_suites  # noqa: F401  (registers the app layer's bench suites)
 from .commands import cmd_bench, cmd_demo, cmd_distill, cmd_reflow, cmd_schedule, cmd_serve, cmd_train
 from .requests import cmd_request, cmd_run, cmd_samplers
 

@@ -145,10 +145,3 @@ def _serve(o: BenchOptions) -> str:
     from .serve import serve_report
 
     return serve_report(o.out, o.quick, o.command, o.model)
-
-
-@suite("reliability")
-def _reliability(o: BenchOptions) -> str:
-    from .reliability import reliability_report
-
-    return reliability_report(o.out, o.quick, o.command)

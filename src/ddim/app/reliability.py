@@ -1,4 +1,6 @@
-"""`ddim bench reliability`: `ddim serve` under fuzzed input, load, soak, crashes, disconnects, full disks and
+"""`ddim bench reliability` (in the app layer: it measures the service, so it sits above it).
+
+`ddim serve` under fuzzed input, load, soak, crashes, disconnects, full disks and
 hostile clients — each part a real server process on 127.0.0.1, bounded in requests and seconds, returning the
 checks it made (what was claimed, what was measured, whether it held) and its figures for the report.
 
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .process import ServerProcess
+from ..bench.process import ServerProcess
 
 FINISHED = ("done", "failed", "cancelled")
 
@@ -883,7 +885,7 @@ def reliability_report(out: Path, quick: bool, command: str) -> str:
     """Run every part, write report.json and the figure, return the report text."""
     from tqdm import tqdm
 
-    from .report import header
+    from ..bench.report import header
 
     out.mkdir(parents=True, exist_ok=True)
     done: list[Part] = []
