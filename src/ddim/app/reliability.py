@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bench.process import ServerProcess
+from ..bench.process import ServerProcess, metric
 
 FINISHED = ("done", "failed", "cancelled")
 
@@ -324,15 +324,6 @@ def _drive(url: str, requests: list[dict[str, Any]], solo: Solo, clients: int, s
     return t
 
 
-def _metric(url: str, name: str) -> float:
-    import httpx
-
-    for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return float("nan")
-
-
 def load_and_soak(clients: int = 64, seconds: float = 60.0, soak_jobs: int = 1000, warm_seconds: float = 10.0,
                   max_queue: int | None = None) -> Part:
     """`clients` concurrent clients for `seconds` of mixed requests (queue capped so some get 429), then
@@ -377,7 +368,7 @@ def load_and_soak(clients: int = 64, seconds: float = 60.0, soak_jobs: int = 100
                                                      solo(req))
         time.sleep(1.0)
         final_rss, peak = srv.rss_mb(), srv.peak_rss_mb()
-        rows_per_call = _metric(srv.url, "ddim_rows_per_network_call")
+        rows_per_call = metric(srv.url, "ddim_rows_per_network_call")
         done.set()
         sampler.join()
         errors = _server_errors(srv)
@@ -564,7 +555,7 @@ def disconnects(repeats: int = 5) -> Part:
         time.sleep(0.5)
         threads1 = _threads(srv.pid)
         errors = _server_errors(srv)
-        jobs = sum(_metric(srv.url, f'ddim_jobs{{status="{s}"}}') for s in ("queued", "running", *FINISHED))
+        jobs = sum(metric(srv.url, f'ddim_jobs{{status="{s}"}}') for s in ("queued", "running", *FINISHED))
         from_uploads = int(jobs) - len(ids) - 2
     part.figures = {"repeats": repeats, "threads_before": threads0, "threads_after": threads1}
     part.check(f"jobs whose SSE client hung up ({repeats}) done with their solo bits", f"{same} of {len(ids)}",

@@ -92,3 +92,13 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def metric(url: str, name: str) -> float:
+    """One value of a server's Prometheus /metrics (a full sample name, labels included); NaN when absent."""
+    import httpx
+
+    for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return float("nan")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .process import ServerProcess
+from .process import ServerProcess, metric
 
 
 @dataclass
@@ -51,13 +51,6 @@ class Measured:
 #: the servers measured: ours at the default chunk, ours at chunk 64, and the baseline
 MODES = (("ddim serve, chunk 16", ["--chunk", "16"]), ("ddim serve, chunk 64", ["--chunk", "64"]),
          ("one request at a time", ["--serial"]))
-
-
-def _metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return float("nan")
 
 
 def drive(url: str, load: Load, mode: str) -> Measured:
@@ -106,8 +99,7 @@ def drive(url: str, load: Load, mode: str) -> Measured:
     for t in threads:
         t.join()
     m.seconds = time.perf_counter() - t0
-    metrics = httpx.get(url + "/metrics", timeout=30).text
-    m.rows_per_call = _metric(metrics, "ddim_rows_per_network_call")
+    m.rows_per_call = metric(url, "ddim_rows_per_network_call")
     return m
 
 
