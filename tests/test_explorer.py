@@ -64,13 +64,18 @@ def shot(pg, name: str, tmp_path: Path) -> Path:
     return path
 
 
-def srcs(pg, selector: str) -> list[bytes]:
-    urls = pg.eval_on_selector_all(selector, "els => els.map(e => e.src)")
+def srcs(root, selector: str) -> list[bytes]:
+    """The PNG bytes of the data-URI images under `root` (the page or one of its elements)."""
+    urls = root.eval_on_selector_all(selector, "els => els.map(e => e.src)")
     return [base64.b64decode(s.split(",", 1)[1]) for s in urls]
 
 
 def api_json(server, job_id: str) -> dict:
     return httpx.get(f"{server.url}/v1/jobs/{job_id}/result?format=json", timeout=60).json()
+
+
+def api_images(body: dict) -> list[bytes]:
+    return [base64.b64decode(b) for b in body["images"]]
 
 
 def test_generate_shows_the_apis_images_and_downloads(page, server, tmp_path):
@@ -83,7 +88,7 @@ def test_generate_shows_the_apis_images_and_downloads(page, server, tmp_path):
     page.wait_for_function("document.querySelector('#gen-status').textContent.startsWith('done')", timeout=60000)
     job = page.get_attribute("#gen-images", "data-job")
     body = api_json(server, job)
-    assert srcs(page, "#gen-images img") == [base64.b64decode(b) for b in body["images"]]
+    assert srcs(page, "#gen-images img") == api_images(body)
     assert body["provenance"]["plan"]["sampler"] == "ddim" and len(body["images"]) == 6
     assert page.get_attribute("#gen-preview", "src").startswith("data:image/png")
     npy = page.evaluate("async () => { const r = await fetch(document.querySelector('#gen-dl-npy').href); "
@@ -138,9 +143,7 @@ def test_compare_two_configurations_on_the_same_seeds(page, server, tmp_path):
     for col, nfe in zip(cols, (10, 20)):  # guidance at scale 3 costs two network rows per step
         stats = col.query_selector(".stats").inner_text()
         assert f"{nfe} NFE" in stats and "FD" in stats and "class accuracy" in stats
-        body = api_json(server, col.get_attribute("data-job"))
-        assert [base64.b64decode(s.split(",", 1)[1]) for s in col.eval_on_selector_all(
-            ".grid img", "els => els.map(e => e.src)")] == [base64.b64decode(b) for b in body["images"]]
+        assert srcs(col, ".grid img") == api_images(api_json(server, col.get_attribute("data-job")))
     assert len(cols[1].query_selector_all("canvas.diff")) == 6
     assert "mean |difference|" in cols[1].query_selector(".meandiff").inner_text()
     shot(page, "compare", tmp_path)

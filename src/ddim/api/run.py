@@ -33,12 +33,20 @@ _INVERSION_TASKS = ("invert", "reconstruct", "edit", "interpolate", "likelihood"
 
 @dataclass(frozen=True)
 class Preview:
-    """x̂0 (`images`) and the state x_t (`states`), decoded to images, after step `step` of `steps`."""
+    """x̂0 decoded to images after step `step` of `steps`, and the state x_t as the sampler holds it (`states`
+    decodes it on demand, so a latent model's VAE runs for x_t only for a consumer that shows it)."""
 
     step: int
     steps: int
     images: torch.Tensor
-    states: torch.Tensor | None = None
+    state: torch.Tensor | None = None
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def states(self) -> torch.Tensor | None:
+        if self.state is None or self.decode is None:
+            return self.state
+        return self.decode(self.state)
 
 
 @dataclass
@@ -153,7 +161,7 @@ def check_condition(req: Any, model: Model) -> None:
         what = "prompts, not classes" if model.condition_kind == "prompt" else "no classes (it is unconditional)"
         raise UsageError(f"request field classes: {model.name} takes {what}")
     if model.condition_kind != "prompt" and req.classes is None and not _labelled_data(req, model):
-        _no_guidance(req, model)
+        _no_guidance(req, guidance_of(req, model))
     if getattr(req, "score", False) and tuple(model.image_shape) != (1, 8, 8):
         raise UsageError(f"request field score: the score is the digit classifier's, for 8×8 digit models; "
                          f"{model.name} makes {'×'.join(map(str, model.image_shape))} images")
@@ -166,9 +174,8 @@ def _labelled_data(req: Any, model: Model) -> bool:
         and not data.startswith("data:")
 
 
-def _no_guidance(req: Any, model: Model) -> None:
-    """Refuse guidance settings on a run without a condition."""
-    g = guidance_of(req, model)
+def _no_guidance(req: Any, g: Guidance) -> None:
+    """Refuse guidance settings (`g`: the request's, with the model's default scale) on a run without a condition."""
     unused = {k: v for k, v in req.guidance.model_dump().items() if k != "scale" and v != _NO_GUIDANCE[k]}
     if unused or (req.guidance.scale is not None and not g.trivial):
         raise UsageError("request field guidance: guidance needs classes (a class-conditional model) or a prompt "
@@ -185,7 +192,7 @@ def conditioning(req: Any, model: Model, n: int, labels: torch.Tensor | None = N
         return {"condition": model.condition(prompts), "uncond": unc, "guidance": g}
     cond = torch.tensor(_cycled(req.classes, n)) if req.classes is not None else labels
     if cond is None:
-        _no_guidance(req, model)
+        _no_guidance(req, g)
         return {}
     return {"condition": cond, "guidance": g}
 
@@ -211,7 +218,8 @@ def _preview_callback(req: Any, model: Model, ctx: _Ctx, steps: int) -> Callable
         if ctx.on_step is not None:
             ctx.on_step(info.i + 1, steps)
         if k is not None and info.denoised is not None and ((info.i + 1) % k == 0 or info.i + 1 == steps):
-            ctx.preview(Preview(info.i + 1, steps, _decode(model, info.denoised, None), _decode(model, info.x, None)))
+            ctx.preview(Preview(info.i + 1, steps, _decode(model, info.denoised, None), info.x,
+                                lambda z: _decode(model, z, None)))
     return cb
 
 

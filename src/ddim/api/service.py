@@ -564,8 +564,9 @@ def _png(images: Any) -> bytes:
     return buf.getvalue()
 
 
-def image_pngs(images: np.ndarray) -> list[bytes]:
-    """One PNG per image (N, C, H, W) in [-1, 1], pixel for pixel (no border); 2-D points have no pictures."""
+def _b64_pngs(images: Any) -> list[str]:
+    """One PNG per image (N, C, H, W) in [-1, 1] (a tensor or an array), pixel for pixel (no border), as base64
+    text; 2-D points have no pictures."""
     import torch
     from PIL import Image
 
@@ -573,19 +574,13 @@ def image_pngs(images: np.ndarray) -> list[bytes]:
 
     if images.ndim != 4:
         return []
-    x = images_uint8(torch.from_numpy(images)).transpose(0, 2, 3, 1)
+    x = images_uint8(images if isinstance(images, torch.Tensor) else torch.from_numpy(images)).transpose(0, 2, 3, 1)
     out = []
     for im in x:
         buf = io.BytesIO()
         Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im).save(buf, format="PNG")
-        out.append(buf.getvalue())
+        out.append(base64.b64encode(buf.getvalue()).decode())
     return out
-
-
-def _b64_pngs(images: Any) -> list[str]:
-    """Per-image PNGs (pixels clipped to [-1, 1]) as base64 text."""
-    arr = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
-    return [base64.b64encode(p).decode() for p in image_pngs(arr)]
 
 
 def execute(engine: Engine, store: EngineStore, request: Any, ticket: Ticket, scratch: Path,

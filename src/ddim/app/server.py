@@ -180,7 +180,7 @@ def create_app(service: Any, *, cors: list[str] | None = None) -> Any:
 
     @app.get("/", include_in_schema=False)
     def page() -> Response:
-        return Response((static / "index.html").read_bytes(), media_type=media[".html"])
+        return Response(files["index.html"].read_bytes(), media_type=media[".html"])
 
     @app.get("/static/{name}", include_in_schema=False)
     def asset(name: str) -> Response:  # only the page's own files, by exact name: no path reaches the disk

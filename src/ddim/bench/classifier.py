@@ -3,6 +3,7 @@ distance for 8×8 digits, and its predictions give class coverage."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -157,11 +158,7 @@ class DigitsJudge:
         return out
 
 
-_JUDGE: list[DigitsJudge] = []
-
-
+@functools.cache
 def judge() -> DigitsJudge:
     """One shared judge per process (it holds the real digits' features)."""
-    if not _JUDGE:
-        _JUDGE.append(DigitsJudge())
-    return _JUDGE[0]
+    return DigitsJudge()
