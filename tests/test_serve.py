@@ -331,7 +331,7 @@ def test_results_expire_by_age_and_by_total_size(tmp_path):
         jobs = [svc.submit({"task": "sample", "model": "digits", "n": 2, "steps": 2, "seed": s}) for s in range(3)]
         assert [svc.wait(j, 60) for j in jobs] == ["done"] * 3
         by_age = sorted((svc.jobs.get(j.record.id) for j in jobs), key=lambda r: r.finished)
-        svc.jobs.max_bytes = by_age[0].bytes * 2  # room for two: the oldest goes
+        svc.jobs.max_bytes = by_age[1].bytes + by_age[2].bytes  # room for the two newest (sizes differ by seed)
         assert svc.jobs.expire() == [by_age[0].id]
         with pytest.raises(ServiceError) as e:
             svc.result(by_age[0].id, "local", "npy")

@@ -612,10 +612,11 @@ def _write_result(result: Any, folder: Path) -> None:
         (folder / "result.png").write_bytes(_png(result.main))
     else:
         save_result(result, folder / ("result.png" if result.task in PICTURE_TASKS else "result.npy"))
+    shown = result.task in ("sample", "img2img")  # the main array's pictures are `images`, not repeated
     body = {"task": result.task, "output": result.output, "shape": list(result.main.shape),
-            "images": _b64_pngs(result.main) if result.task in ("sample", "img2img") else [],
+            "images": _b64_pngs(result.main) if shown else [],
             "pictures": {k: _b64_pngs(v) if v.ndim == 4 else [_b64_pngs(row) for row in v]
-                         for k, v in result.arrays.items() if v.ndim in (4, 5)},
+                         for k, v in result.arrays.items() if v.ndim in (4, 5) and not (shown and k == result.output)},
             "summary": result.summary, "labels": result.labels, "provenance": result.provenance,
             "nfe": result.stats.nfe, "seconds": result.seconds}
     (folder / "result.json").write_text(json.dumps(body))
