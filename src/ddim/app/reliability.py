@@ -770,7 +770,12 @@ def access(timing_calls: int = 2000, slow_clients: int = 20) -> Part:
     part.check(f"every route but /healthz ({len(routes)}, /docs and unknown paths included) × "
                f"{len(BAD_KEYS)} bad credentials → 401 naming authorization",
                f"{matrix[True]} of {sum(matrix.values())}", matrix[False] == 0)
-    part.check("a 64 KiB key → 401", huge.status_code, huge.status_code == 401 and _named(huge))
+    # whole in one read it reaches the key check (401); in pieces, h11's 16 KiB limit on incomplete headers
+    # answers first (400 naming headers): either is a named refusal, which one depends on how the bytes arrive
+    huge_field = huge.json()["error"]["field"] if _named(huge) else None
+    part.check("a 64 KiB key → 401 (or 400 naming headers from the HTTP layer's 16 KiB limit)",
+               f"{huge.status_code} {huge_field}", (huge.status_code, huge_field) in ((401, "authorization"),
+                                                                                      (400, "headers")))
     part.check("a request that is not HTTP → 400 JSON naming headers", garbled.split(b"\r\n")[0].decode() + " " +
                garbled.rsplit(b"\r\n", 1)[-1].decode()[:60], garbled.startswith(b"HTTP/1.1 400") and
                b'"field": "headers"' in garbled)
