@@ -55,7 +55,7 @@ def test_our_scheduler_fixes_linspace_and_matches_our_sampler(unet):
     with torch.no_grad():
         x = ddim.sample(den, x_T=x_T, steps=37, spacing="linspace")
     ref = ((x / 2 + 0.5).clamp(0, 1)).permute(0, 2, 3, 1).numpy()
-    assert np.abs(ref - b).max() < 1e-5
+    assert np.abs(ref - b).max() < 5e-5  # the drop-in steps on diffusers' float32 ᾱ table, the sampler on float64
 
 
 def test_zero_snr_eta1_is_finite(unet):
@@ -110,26 +110,27 @@ def test_load_bad_folders(unet, tmp_path):
         load(tmp_path / "p")
 
 
-def test_dpmpp_scheduler_in_a_pipeline_matches_our_sampler_and_diffusers(unet):
+def test_dpmpp_drop_in_matches_our_sampler_and_diffusers(unet):
+    """DDIMPipeline passes eta, which diffusers' DPM scheduler rejects (and so does ours, as a drop-in): a loop."""
     from diffusers import DPMSolverMultistepScheduler as TheirDPM
 
     from ddim.diffusers import DPMSolverMultistepScheduler
 
-    pipe = DDIMPipeline(unet=unet, scheduler=TheirDDIM())
-    pipe.scheduler = DPMSolverMultistepScheduler(timestep_spacing="trailing", solver_order=2)
-    ours_pipe = _run(pipe, 12)
-    den = denoiser_from_config(unet, {"timestep_spacing": "trailing"})
     x_T = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    outs = []
+    for cls in (DPMSolverMultistepScheduler, TheirDPM):
+        s = cls(timestep_spacing="trailing", solver_order=2)
+        s.set_timesteps(12)
+        y = x_T.clone()
+        with torch.no_grad():
+            for t in s.timesteps:
+                y = s.step(unet(y, t).sample, t, y).prev_sample
+        outs.append(y)
+    assert float((outs[0] - outs[1]).abs().max()) < 1e-5 * max(1.0, float(outs[1].abs().max()))
+    den = denoiser_from_config(unet, {"timestep_spacing": "trailing"})
     with torch.no_grad():
         x = ddim.sample(den, x_T=x_T, steps=12, sampler="dpmpp_2m")
-    assert np.abs(((x / 2 + 0.5).clamp(0, 1)).permute(0, 2, 3, 1).numpy() - ours_pipe).max() < 1e-5
-    theirs = TheirDPM(timestep_spacing="trailing", algorithm_type="dpmsolver++", solver_order=2)
-    theirs.set_timesteps(12)
-    y = x_T.clone()
-    with torch.no_grad():  # DDIMPipeline passes eta, which diffusers' own DPM scheduler rejects: loop by hand
-        for t in theirs.timesteps:
-            y = theirs.step(unet(y, t).sample, t, y).prev_sample
-    assert float((x - y).abs().max()) < 5e-4 * max(1.0, float(y.abs().max()))  # float32 ᾱ in diffusers
+    assert float((x - outs[0]).abs().max()) < 5e-4 * max(1.0, float(x.abs().max()))  # float32 vs float64 ᾱ
     s = DPMSolverMultistepScheduler(solver_order=3)
     s.set_timesteps(10)
     assert len(s.timesteps) == 10 and int(s.timesteps[0]) == 999

@@ -89,15 +89,29 @@ class Levels:
     """
 
     def __init__(self, path: NoisePath, timesteps: torch.Tensor, ddim_final: bool = False) -> None:
-        self.t: list = timesteps.tolist()
-        pairs = [path.alpha_sigma(t) for t in self.t] + [path.ddim_final if ddim_final else path.final]
+        t = timesteps.tolist()
+        pairs = [path.alpha_sigma(ti) for ti in t] + [path.ddim_final if ddim_final else path.final]
+        self._fill(t, pairs, path.flow_variables)
+
+    @classmethod
+    def from_pairs(cls, t: list, pairs: list[tuple[float, float]], flow_variables: bool = False) -> Levels:
+        """Levels of an explicit list: n times and n + 1 (α, σ) pairs, the last the final level (what the
+        drop-in schedulers build from diffusers' σ lists)."""
+        if len(pairs) != len(t) + 1:
+            raise UsageError(f"Levels.from_pairs needs {len(t) + 1} (alpha, sigma) pairs, got {len(pairs)}")
+        lv = cls.__new__(cls)
+        lv._fill(list(t), [(float(a), float(s)) for a, s in pairs], flow_variables)
+        return lv
+
+    def _fill(self, t: list, pairs: list[tuple[float, float]], flow_variables: bool) -> None:
+        self.t = t
         self.alpha = [a for a, _ in pairs]
         self.sigma = [s for _, s in pairs]
         self.lam = [lam_of(a, s) for a, s in pairs]
         self.sigma_e = [s / a if a > 0 else math.inf for a, s in pairs]
         #: the ε-form solvers' variables (see NoisePath.flow_variables): y = x/c, s = σ/c, dy/ds = ε̂ − κ x̂0
-        self.kappa = 1.0 if path.flow_variables else 0.0
-        self.c = [a + s for a, s in pairs] if path.flow_variables else self.alpha
+        self.kappa = 1.0 if flow_variables else 0.0
+        self.c = [a + s for a, s in pairs] if flow_variables else self.alpha
         self.s = [s / c if c > 0 else math.inf for (_, s), c in zip(pairs, self.c)]
 
     def __len__(self) -> int:
@@ -153,13 +167,15 @@ class FlowShift:
         s_max, s_min = train[0].item(), train[-1].item()
         return self.shift_list(np.linspace(s_max * N, s_min * N, n) / N, mu)
 
-    def shift_list(self, sig: np.ndarray, mu: float | None = None) -> np.ndarray:
+    def shift_list(self, sig: np.ndarray, mu: float | None = None, f32: bool = True) -> np.ndarray:
         """The shift (static, or dynamic with μ) and the shift_terminal stretch applied to a σ list, rounded to
-        float32 as diffusers stores it (returned as float64)."""
+        float32 as diffusers stores it (returned as float64; `f32=False`: not rounded)."""
         sig = self._shifted(np.asarray(sig, dtype=np.float64), self.mu if mu is None else mu)
         if self.shift_terminal and sig[-1] < 1:  # (diffusers divides by zero for a one-step list: NaN)
             one_minus = 1 - sig
             sig = 1 - one_minus / (one_minus[-1] / (1 - self.shift_terminal))
+        if not f32:
+            return np.asarray(sig, dtype=np.float64)
         return torch.from_numpy(np.asarray(sig)).to(torch.float32).double().numpy()
 
     def to_json(self) -> dict[str, Any]:

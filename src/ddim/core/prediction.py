@@ -59,6 +59,16 @@ def output_from(prediction_type: str, alpha: float, sigma: float, eps: torch.Ten
     raise UsageError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}")
 
 
+def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Imagen's dynamic thresholding (Saharia et al. 2022): per sample, s = the `ratio` quantile of |x̂0|
+    clamped to [1, max_value]; x̂0 is clipped to [−s, s] and divided by s (s = 1: plain clipping)."""
+    flat = x0.reshape(x0.shape[0], -1)
+    work = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
+    s = torch.quantile(work.abs(), ratio, dim=1)
+    s = s.clamp(min=1.0, max=max_value).unsqueeze(1)
+    return (torch.maximum(torch.minimum(work, s), -s) / s).to(x0.dtype).reshape(x0.shape)
+
+
 def _batched(v: Any, n: int) -> bool:
     return isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == n
 
@@ -114,8 +124,8 @@ class Denoiser:
             raise UsageError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}")
         if clip_sample is not None and not (clip_sample > 0 and math.isfinite(clip_sample)):
             raise UsageError(f"clip_sample must be a positive number or None, got {clip_sample}")
-        if not 0 < dynamic_thresholding_ratio <= 1:
-            raise UsageError("dynamic_thresholding_ratio must lie in (0, 1]")
+        if not 0 <= dynamic_thresholding_ratio <= 1:
+            raise UsageError("dynamic_thresholding_ratio must lie in [0, 1]")
         if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
             raise UsageError(f"chunk (rows per network call in batch-invariant mode) must be an integer >= 1, "
                              f"got {chunk!r}")
@@ -310,11 +320,7 @@ class Denoiser:
     def clip(self, x0: torch.Tensor) -> torch.Tensor:
         """Static clipping to [-c, c], or dynamic thresholding (Saharia et al. 2022) per sample."""
         if self.thresholding:
-            flat = x0.reshape(x0.shape[0], -1)
-            work = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
-            s = torch.quantile(work.abs(), self.dynamic_thresholding_ratio, dim=1)
-            s = s.clamp(min=1.0, max=self.sample_max_value).unsqueeze(1)
-            return (torch.maximum(torch.minimum(work, s), -s) / s).to(x0.dtype).reshape(x0.shape)
+            return dynamic_threshold(x0, self.dynamic_thresholding_ratio, self.sample_max_value)
         c = self.clip_sample
         return x0.clamp(-c, c)
 

@@ -40,26 +40,82 @@ def multistep_orders(n: int, order: int, final_zero: bool = True) -> list[int]:
     return out
 
 
+DPM_ALGORITHMS = ("dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver")
+SOLVER_TYPES = ("midpoint", "heun")
+
+
+def _differences(lv: Levels, i: int, order: int, h: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """D0, D1, D2 as weights over (m_i, m_{i-1}, m_{i-2}): the finite differences of the multistep solvers
+    (Lu et al. 2022b, Alg. 2 and its third-order extension), D1 ≈ h m', D2 ≈ h² m''/2."""
+    d0 = np.array([1.0, 0.0, 0.0])
+    zero = np.zeros(3)
+    if order < 2:
+        return d0, zero, zero
+    r0 = (lv.lam[i] - lv.lam[i - 1]) / h
+    d1_0 = np.array([1.0, -1.0, 0.0]) / r0
+    if order == 2:
+        return d0, d1_0, zero
+    r1 = (lv.lam[i - 1] - lv.lam[i - 2]) / h
+    d1_1 = np.array([0.0, 1.0, -1.0]) / r1
+    return d0, d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1), (d1_0 - d1_1) / (r0 + r1)
+
+
+def dpm_solver_coefficients(lv: Levels, i: int, order: int, algorithm: str = "dpmsolver++",
+                            solver_type: str = "midpoint") -> tuple[float, list[float], float]:
+    """(A, [c_0, c_1, c_2], g) with x_{i+1} = A x_i + Σ_k c_k m_{i-k} + g z for one multistep DPM-Solver step.
+
+    m is x̂0 for the data-prediction algorithms (dpmsolver++, sde-dpmsolver++) and ε̂ for the noise-prediction
+    ones (dpmsolver, sde-dpmsolver); with φ = e^{-h} − 1, ψ = e^{h} − 1 the weights of D0, D1, D2 are
+      dpmsolver++:      A = σ'/σ,          −α'φ,      −α'φ/2 (midpoint) or α'(φ/h + 1) (heun)
+      sde-dpmsolver++:  A = σ'/σ e^{-h},   α'(1−e^{-2h}), half that or α'((1−e^{-2h})/(−2h) + 1), g = σ' sqrt(1−e^{-2h})
+      dpmsolver:        A = α'/α,          −σ'ψ,      −σ'ψ/2 or −σ'(ψ/h − 1)
+      sde-dpmsolver:    A = α'/α,          −2σ'ψ,     −σ'ψ or −2σ'(ψ/h − 1),  g = σ' sqrt(e^{2h} − 1)
+    Third order uses the heun D1 weight and the Taylor-correct D2 weight: with D2 ≈ h² m''/2 it is 2/h² times
+    the integral of the m'' term, twice diffusers' (whose sde-dpmsolver++ weight also has −1/2 for +1/2: O(1)
+    instead of O(h), which diverges).
+    """
+    if algorithm not in DPM_ALGORITHMS:
+        raise UsageError(f"unknown DPM-Solver algorithm {algorithm!r}; choose one of {', '.join(DPM_ALGORITHMS)}")
+    if solver_type not in SOLVER_TYPES:
+        raise UsageError(f"unknown DPM-Solver solver_type {solver_type!r}; choose one of {', '.join(SOLVER_TYPES)}")
+    if order not in (1, 2, 3) or (order == 3 and algorithm == "sde-dpmsolver"):
+        raise UsageError(f"DPM-Solver order must be 1, 2 or 3 (1 or 2 for sde-dpmsolver), got {order}")
+    a1, s1, a0, s0 = lv.alpha[i + 1], lv.sigma[i + 1], lv.alpha[i], lv.sigma[i]
+    h = lv.lam[i + 1] - lv.lam[i]
+    if math.isinf(h) or h == 0.0:  # onto σ = 0 (x = α' x̂0), or a zero-length step
+        order = 1
+    while order > 1 and any(lv.lam[i - k] == lv.lam[i - k + 1] for k in range(1, order)):  # a repeated level
+        order -= 1
+    d0, d1, d2 = _differences(lv, i, order, h)
+    heun = solver_type == "heun" or order == 3
+    g = 0.0
+    if algorithm == "dpmsolver++":
+        phi = _phi(h)
+        A, w0 = s1 / s0, -a1 * phi
+        w1 = a1 * (phi / h + 1.0) if heun else 0.5 * w0
+        w2 = a1 * (1.0 - 2.0 * (phi + h) / h**2) if order == 3 else 0.0
+    elif algorithm == "sde-dpmsolver++":
+        e2 = -math.expm1(-2.0 * h) if not math.isinf(h) else 1.0  # 1 − e^{-2h}
+        A, w0 = (s1 / s0 * math.exp(-h) if not math.isinf(h) else 0.0), a1 * e2
+        w1 = a1 * (e2 / (-2.0 * h) + 1.0) if heun else 0.5 * w0
+        w2 = a1 * ((e2 - 2.0 * h) / (2.0 * h * h) + 1.0) if order == 3 else 0.0
+        g = s1 * math.sqrt(max(e2, 0.0))
+    else:
+        psi = math.expm1(h)
+        k = 2.0 if algorithm == "sde-dpmsolver" else 1.0
+        A, w0 = a1 / a0, -k * s1 * psi
+        w1 = -k * s1 * (psi / h - 1.0) if heun else 0.5 * w0
+        w2 = -2.0 * s1 * ((psi - h) / h**2 - 0.5) if order == 3 else 0.0
+        if algorithm == "sde-dpmsolver":
+            g = s1 * math.sqrt(max(math.expm1(2.0 * h), 0.0))
+    c = w0 * d0 + w1 * d1 + w2 * d2
+    return A, c.tolist(), g
+
+
 def dpmpp_coefficients(lv: Levels, i: int, order: int) -> tuple[float, list[float]]:
     """(A, [c_0, c_1, c_2]) with x_{i+1} = A x_i + Σ_k c_k x̂0_{i-k} (DPM-Solver++ 1/2M/3M, midpoint 2M)."""
-    a_next, s_next, s_cur = lv.alpha[i + 1], lv.sigma[i + 1], lv.sigma[i]
-    h = lv.lam[i + 1] - lv.lam[i]
-    phi = _phi(h)
-    A = s_next / s_cur
-    d0 = np.array([1.0, 0.0, 0.0])
-    c = -a_next * phi * d0
-    if order >= 2 and not math.isinf(h) and h != 0.0:
-        r0 = (lv.lam[i] - lv.lam[i - 1]) / h
-        d1_0 = np.array([1.0, -1.0, 0.0]) / r0
-        if order == 2:
-            c = c - 0.5 * a_next * phi * d1_0
-        else:
-            r1 = (lv.lam[i - 1] - lv.lam[i - 2]) / h
-            d1_1 = np.array([0.0, 1.0, -1.0]) / r1
-            d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
-            d2 = (d1_0 - d1_1) / (r0 + r1)
-            c = c + a_next * (phi / h + 1) * d1 + a_next * (1 - 2 * (phi + h) / h**2) * d2
-    return A, c.tolist()
+    A, c, _ = dpm_solver_coefficients(lv, i, order)
+    return A, c
 
 
 def step_tables(path: NoisePath, timesteps: torch.Tensor, order: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,19 +214,9 @@ SdeStep = tuple[float, list[tuple[float, int]], float]
 
 def dpmpp_sde_coefficients(lv: Levels, i: int, order: int) -> tuple[float, list[float], float]:
     """(A, [c_0, c_1], g) with x_{i+1} = A x_i + Σ c_k x̂0_{i-k} + g z: SDE-DPM-Solver++ (Lu et al. 2022b,
-    eqs. for the data-prediction SDE solver; order 1, or 2M with the midpoint D1 weight, as diffusers)."""
-    a_next, s_next, s_cur = lv.alpha[i + 1], lv.sigma[i + 1], lv.sigma[i]
-    h = lv.lam[i + 1] - lv.lam[i]
-    if math.isinf(h):  # onto σ = 0: x = x̂0 (times α), no noise
-        return 0.0, [a_next, 0.0], 0.0
-    e2 = math.exp(-2.0 * h)
-    A = s_next / s_cur * math.exp(-h)
-    c0, c1 = a_next * (1.0 - e2), 0.0
-    if order >= 2 and h != 0.0:
-        r0 = (lv.lam[i] - lv.lam[i - 1]) / h
-        # D1 = (x̂0_i − x̂0_{i−1}) / r0 with weight α (1 − e^{−2h}) / 2
-        c0, c1 = c0 + 0.5 * a_next * (1.0 - e2) / r0, -0.5 * a_next * (1.0 - e2) / r0
-    return A, [c0, c1], s_next * math.sqrt(max(-math.expm1(-2.0 * h), 0.0))
+    the data-prediction SDE solver; order 1, or 2M with the midpoint D1 weight, as diffusers)."""
+    A, c, g = dpm_solver_coefficients(lv, i, order, "sde-dpmsolver++")
+    return A, c[:2], g
 
 
 def dpmpp_sde_plan(den: Denoiser, timesteps: torch.Tensor, order: int) -> tuple[list, list[SdeStep]]:

@@ -1,0 +1,414 @@
+"""Drop-in DDIM, DDPM, LCM and TCD schedulers: grid-time steps x_prev = a·x + b·x̂0 + c·ε̂ + σ·z whose
+coefficients come from the core's first-order plans (`ddim_plan`, `ddpm_plan`, `lcm_plan`, `tcd_plan`).
+
+DDIM takes ᾱ_prev from the actual next entry of the list (right for every spacing, where diffusers' fixed
+stride is wrong for `linspace`); every plan is float64 and computed once per list.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
+from diffusers.schedulers.scheduling_lcm import LCMSchedulerOutput
+from diffusers.schedulers.scheduling_tcd import TCDSchedulerOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from ...core.errors import UsageError
+from ...core.prediction import Denoiser
+from ...core.samplers.base import FirstOrderPlan, first_order_update
+from ...core.samplers.consistency import lcm_boundary, lcm_plan, tcd_plan
+from ...core.samplers.ddim import ddim_plan
+from ...core.samplers.ddpm import ddpm_plan
+from .base import DropIn, check_choice, diffusers_tables, refuse, schedule_of, spaced
+
+
+class _GridFamily(DropIn):
+    """ᾱ table, our Denoiser on it, add_noise / get_velocity / _get_variance, and the list bookkeeping."""
+
+    def _setup_grid(self, set_alpha_to_one: bool = True, spacing: str | None = None) -> None:
+        cfg = self.config
+        check_choice("prediction_type", cfg.prediction_type, ("epsilon", "sample", "v_prediction"))
+        if not 0.0 <= float(cfg.get("dynamic_thresholding_ratio", 0.995)) <= 1.0:
+            refuse("dynamic_thresholding_ratio", "must lie in [0, 1]")
+        self.betas, self.alphas, self.alphas_cumprod = diffusers_tables(cfg, zero_snr_floor=False)
+        self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
+        self.one = torch.tensor(1.0)
+        self.schedule = schedule_of(self.alphas_cumprod, set_alpha_to_one=set_alpha_to_one,
+                                    steps_offset=cfg.get("steps_offset", 0), spacing=spacing or "leading")
+        clip = float(cfg.clip_sample_range) if cfg.get("clip_sample") else None
+        self._den = Denoiser(None, self.schedule, prediction_type=cfg.prediction_type, clip_sample=clip,
+                             thresholding=bool(cfg.get("thresholding", False)),
+                             dynamic_thresholding_ratio=float(cfg.get("dynamic_thresholding_ratio", 0.995)),
+                             sample_max_value=float(cfg.get("sample_max_value", 1.0)))
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps: int | None = None
+        T = cfg.num_train_timesteps
+        self.timesteps = torch.from_numpy(np.arange(0, T)[::-1].copy().astype(np.int64))
+        self.custom_timesteps = False
+        self._index: dict[int, int] = {}
+        self._step_index = self._begin_index = None
+
+    def _set_list(self, ts: np.ndarray | torch.Tensor, device: Any) -> torch.Tensor:
+        ts = torch.as_tensor(np.asarray(ts), dtype=torch.int64)
+        self._ts = ts
+        self._index = {t: i for i, t in enumerate(ts.tolist())}
+        self.num_inference_steps = len(ts)
+        self.timesteps = ts.to(device) if device is not None else ts
+        self._step_index = self._begin_index = None
+        return ts
+
+    def _position(self, timestep: int | torch.Tensor) -> int:
+        """The list index of `timestep` (the step index when a pipeline counts steps)."""
+        self._require_timesteps()
+        t = int(timestep)
+        if t not in self._index:
+            raise UsageError(f"timestep {t} is not in this scheduler's list (call set_timesteps first)")
+        return self._index[t]
+
+    def _custom(self, timesteps: Any) -> np.ndarray:
+        ts = np.array(timesteps, dtype=np.int64)
+        T = self.config.num_train_timesteps
+        if ts.ndim != 1 or len(ts) < 1 or not (np.diff(ts) < 0).all() or ts[-1] < 0 or ts[0] >= T:
+            refuse("timesteps", f"must be a strictly decreasing list of integers in 0..{T - 1}")
+        return ts
+
+    def previous_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor:
+        """The next entry of the list (−1 after the last): where a step from `timestep` lands."""
+        i = self._position(timestep)
+        return self.timesteps[i + 1] if i + 1 < len(self.timesteps) else torch.tensor(-1)
+
+    def _get_variance(self, timestep: int, prev_timestep: int) -> torch.Tensor:
+        """DDPM's posterior variance β̃ between two grid steps: (1 − ᾱ_prev)/(1 − ᾱ_t) · (1 − ᾱ_t/ᾱ_prev)."""
+        a_t = self.alphas_cumprod[timestep]
+        a_p = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
+        return (1 - a_p) / (1 - a_t) * (1 - a_t / a_p)
+
+    def _abar_at(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        a = self.alphas_cumprod.to(device=like.device, dtype=like.dtype)[timesteps.to(like.device).long()]
+        return a.flatten().reshape(-1, *([1] * (like.ndim - 1)))
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+                  ) -> torch.Tensor:
+        """q(x_t | x_0): sqrt(ᾱ_t) x_0 + sqrt(1 − ᾱ_t) ε."""
+        a = self._abar_at(timesteps, original_samples)
+        return a**0.5 * original_samples + (1 - a) ** 0.5 * noise
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The v-prediction target sqrt(ᾱ) ε − sqrt(1 − ᾱ) x_0 (Salimans & Ho 2022)."""
+        a = self._abar_at(timesteps, sample)
+        return a**0.5 * noise - (1 - a) ** 0.5 * sample
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
+        return sample
+
+    def _plan_step(self, plan: FirstOrderPlan, i: int, model_output: torch.Tensor, sample: torch.Tensor,
+                   noise: torch.Tensor | None, use_clipped: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_prev, x̂0) of step i of a first-order plan, through the core's update."""
+        prev, x0 = first_order_update(self._den, plan, i, sample, model_output, noise, use_clipped)
+        if x0 is None:
+            x0 = self._den.x0_from_output(sample, plan.t[i], model_output)
+        return prev, x0
+
+
+class DDIMScheduler(_GridFamily):
+    """ddim's DDIM step (eq. 12, any η) behind diffusers' scheduler interface."""
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        clip_sample: bool = True,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        rescale_betas_zero_snr: bool = False,
+    ) -> None:
+        check_choice("timestep_spacing", timestep_spacing, ("linspace", "leading", "trailing"))
+        self._setup_grid(set_alpha_to_one, timestep_spacing)
+        self._plans: dict[float, FirstOrderPlan] = {}
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int | np.integer) or \
+                not 1 <= num_inference_steps <= self.config.num_train_timesteps:
+            refuse("num_inference_steps", f"must be an integer in 1..{self.config.num_train_timesteps}, "
+                                          f"got {num_inference_steps!r}")
+        self._set_list(self.schedule.timesteps(int(num_inference_steps), self.config.timestep_spacing), device)
+        self._plans = {}
+
+    def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, eta: float = 0.0,
+             use_clipped_model_output: bool = False, generator: torch.Generator | None = None,
+             variance_noise: torch.Tensor | None = None, return_dict: bool = True
+             ) -> DDIMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+        """One DDIM step (eq. 12) from `timestep` to the next entry of the list: the same plan and update as
+        `ddim.sample(sampler="ddim")`."""
+        i = self._position(timestep)
+        if generator is not None and variance_noise is not None:
+            raise UsageError("pass either generator or variance_noise, not both")
+        plan = self._plans.get(float(eta))
+        if plan is None:  # once per η and list, not per step
+            plan = self._plans[float(eta)] = ddim_plan(self._den, self._ts, float(eta))
+        z = None
+        if plan.sigma[i] > 0:
+            z = variance_noise if variance_noise is not None else randn_tensor(
+                model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
+        prev, x0 = self._plan_step(plan, i, model_output, sample, z, use_clipped_model_output)
+        self._step_index = i + 1
+        return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0) if return_dict else (prev, x0)
+
+
+class DDPMScheduler(_GridFamily):
+    """DDPM ancestral sampling (Ho et al. 2020) on any sub-list, through the core's `ddpm_plan`."""
+
+    _VARIANCES = ("fixed_small", "fixed_small_log", "fixed_large", "learned", "learned_range")
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        variance_type: str = "fixed_small",
+        clip_sample: bool = True,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+    ) -> None:
+        if variance_type == "fixed_large_log":
+            refuse("variance_type", "'fixed_large_log' gives NaN in diffusers (the square root of a log "
+                                    "variance); use 'fixed_large'")
+        check_choice("variance_type", variance_type, self._VARIANCES)
+        check_choice("timestep_spacing", timestep_spacing, ("linspace", "leading", "trailing"))
+        self._setup_grid(True, timestep_spacing)
+        self.variance_type = variance_type
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
+                      timesteps: list[int] | None = None) -> None:
+        if (num_inference_steps is None) == (timesteps is None):
+            raise UsageError("set_timesteps: pass exactly one of num_inference_steps or timesteps")
+        cfg = self.config
+        if timesteps is not None:
+            ts = self._custom(timesteps)
+            self.custom_timesteps = True
+        else:
+            if not 1 <= num_inference_steps <= cfg.num_train_timesteps:
+                refuse("num_inference_steps", f"must be in 1..{cfg.num_train_timesteps}, got {num_inference_steps}")
+            ts = spaced(num_inference_steps, cfg.timestep_spacing, cfg.num_train_timesteps, cfg.steps_offset)
+            ts = ts.round().astype(np.int64) if cfg.timestep_spacing != "linspace" else \
+                np.linspace(0, cfg.num_train_timesteps - 1, num_inference_steps).round()[::-1].copy().astype(np.int64)
+            self.custom_timesteps = False
+        ts = self._set_list(ts, device)
+        vt = "fixed_large" if self.variance_type == "fixed_large" else "fixed_small"
+        self._plan = ddpm_plan(self._den, ts, vt)
+
+    def _learned_std(self, i: int, predicted: torch.Tensor) -> torch.Tensor:
+        """The std of a learned (Nichol & Dhariwal 2021) variance: the output itself, or exp(½ log-interpolation)
+        between β̃ and β."""
+        a_t = float(self._ts[i])
+        prev = int(self._ts[i + 1]) if i + 1 < len(self._ts) else -1
+        var = max(float(self._get_variance(int(a_t), prev)), 1e-20)
+        if self.variance_type == "learned":
+            return predicted**0.5
+        a = self.alphas_cumprod[int(a_t)]
+        a_p = self.alphas_cumprod[prev] if prev >= 0 else self.one
+        frac = (predicted + 1) / 2
+        log_var = frac * float(torch.log(1 - a / a_p)) + (1 - frac) * float(np.log(var))
+        return torch.exp(0.5 * log_var)
+
+    def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor,
+             generator: torch.Generator | None = None, return_dict: bool = True
+             ) -> DDPMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+        """x_prev ~ q(x_prev | x_t, x̂0) (DDPM eq. 6–7) onto the next entry of the list."""
+        i = self._position(timestep)
+        learned = self.variance_type in ("learned", "learned_range")
+        predicted = None
+        if learned and model_output.shape[1] == sample.shape[1] * 2:
+            model_output, predicted = torch.split(model_output, sample.shape[1], dim=1)
+        z = None
+        if int(timestep) > 0:  # diffusers draws noise whenever t > 0 (same generator use)
+            z = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                             dtype=model_output.dtype)
+        noise = None if (learned or i == len(self._ts) - 1) else z
+        prev, x0 = self._plan_step(self._plan, i, model_output, sample, noise)
+        if learned and z is not None:
+            if predicted is None:
+                refuse("variance_type", f"{self.variance_type!r} needs a model output with twice the sample's channels")
+            prev = prev + self._learned_std(i, predicted) * z
+        self._step_index = i + 1
+        return DDPMSchedulerOutput(prev_sample=prev, pred_original_sample=x0) if return_dict else (prev, x0)
+
+
+class _ConsistencyFamily(_GridFamily):
+    """LCM's and TCD's list: `num_inference_steps` evenly spaced entries of the distillation grid of
+    `original_inference_steps` steps (its first `strength` fraction for img2img), or custom timesteps."""
+
+    _origin_all = False  # TCD: original_inference_steps passed to set_timesteps means every training step
+
+    def _setup_consistency(self) -> None:
+        cfg = self.config
+        T, orig = cfg.num_train_timesteps, cfg.original_inference_steps
+        if isinstance(orig, bool) or not isinstance(orig, int) or orig < 1:
+            refuse("original_inference_steps", f"must be a positive integer, got {orig!r}")
+        check_choice("timestep_spacing", cfg.timestep_spacing, ("linspace", "leading", "trailing"))
+        self._setup_grid(cfg.set_alpha_to_one, "leading")
+        del T
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
+                      original_inference_steps: int | None = None, timesteps: list[int] | None = None,
+                      strength: float = 1.0) -> None:
+        if (num_inference_steps is None) == (timesteps is None):
+            raise UsageError("set_timesteps: pass exactly one of num_inference_steps or timesteps")
+        if not 0.0 < strength <= 1.0:
+            refuse("strength", f"must lie in (0, 1], got {strength}")
+        T = self.config.num_train_timesteps
+        orig = original_inference_steps if original_inference_steps is not None else \
+            self.config.original_inference_steps
+        if self._origin_all and original_inference_steps is not None:
+            origin = np.arange(0, int(T * strength))
+        else:
+            if orig > T:
+                refuse("original_inference_steps", f"{orig} exceeds num_train_timesteps={T}")
+            origin = np.arange(1, int(orig * strength) + 1) * (T // orig) - 1
+        if timesteps is not None:
+            ts = self._custom(timesteps)
+            n = len(ts)
+            self.custom_timesteps = True
+            keep = min(int(n * strength), n)
+            ts = ts[max(n - keep, 0):]
+            self._set_list(ts, device)
+            self.num_inference_steps = n
+        else:
+            n = num_inference_steps
+            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= min(T, len(origin), orig):
+                refuse("num_inference_steps", f"must be in 1..{min(T, len(origin), orig)} for "
+                                              f"original_inference_steps={orig} and strength={strength}, got {n!r}")
+            origin = origin[::-1].copy()
+            ts = origin[np.floor(np.linspace(0, len(origin), num=n, endpoint=False)).astype(np.int64)]
+            self.custom_timesteps = False
+            self._set_list(ts, device)
+        self._plans: dict[float, FirstOrderPlan] = {}
+
+    def _last(self, i: int) -> bool:
+        return i == self.num_inference_steps - 1
+
+
+class LCMScheduler(_ConsistencyFamily):
+    """Latent Consistency Model multistep sampling (Luo et al. 2023) on the core's `lcm_plan`."""
+
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        beta_schedule: str = "scaled_linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        original_inference_steps: int = 50,
+        clip_sample: bool = False,
+        clip_sample_range: float = 1.0,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        timestep_scaling: float = 10.0,
+        rescale_betas_zero_snr: bool = False,
+    ) -> None:
+        self._setup_consistency()
+
+    def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor,
+             generator: torch.Generator | None = None, return_dict: bool = True
+             ) -> LCMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+        """The consistency function's boundary-conditioned x̂0, re-noised to the next entry (the last: x̂0)."""
+        i = self._position(timestep)
+        plan = self._plans.get(0.0)
+        if plan is None:
+            plan = self._plans[0.0] = lcm_plan(self._den, self._ts, float(self.config.timestep_scaling))
+        last = self._last(i)
+        z = None if last else randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                                           dtype=model_output.dtype)
+        c_skip, c_out = lcm_boundary(float(self._ts[i]) * float(self.config.timestep_scaling))
+        denoised = self._den.x0_from_output(sample, plan.t[i], model_output) * c_out + sample * c_skip
+        if last:
+            prev = denoised
+        elif i + 1 < len(self._ts):
+            prev, _ = self._plan_step(plan, i, model_output, sample, z)
+        else:  # a custom list cut by strength: diffusers re-noises to the same timestep
+            a = float(self.alphas_cumprod[int(timestep)])
+            prev = denoised * a**0.5 + z * (1 - a) ** 0.5
+        self._step_index = i + 1
+        return LCMSchedulerOutput(prev_sample=prev, denoised=denoised) if return_dict else (prev, denoised)
+
+
+class TCDScheduler(_ConsistencyFamily):
+    """Trajectory Consistency Distillation's strategic stochastic sampling (Zheng et al. 2024) on `tcd_plan`."""
+
+    _origin_all = True
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        beta_schedule: str = "scaled_linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        original_inference_steps: int = 50,
+        clip_sample: bool = False,
+        clip_sample_range: float = 1.0,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        timestep_scaling: float = 10.0,
+        rescale_betas_zero_snr: bool = False,
+    ) -> None:
+        self._setup_consistency()
+
+    def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, eta: float = 0.3,
+             generator: torch.Generator | None = None, return_dict: bool = True
+             ) -> TCDSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+        """DDIM to s = ⌊(1 − γ) t'⌋, then forward noise from s to t' (γ = eta; the last step ends on s)."""
+        if not 0.0 <= eta <= 1.0:
+            refuse("eta", f"(TCD's γ) must lie in [0, 1], got {eta}")
+        i = self._position(timestep)
+        plan = self._plans.get(float(eta))
+        if plan is None:
+            plan = self._plans[float(eta)] = tcd_plan(self._den, self._ts, float(eta))
+        z = None
+        if eta > 0 and not self._last(i):
+            z = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                             dtype=model_output.dtype)
+        prev, _ = self._plan_step(plan, i, model_output, sample, z)
+        t_next = int(self._ts[i + 1]) if i + 1 < len(self._ts) else 0
+        a_s, s_s = self.schedule.alpha_sigma(int(np.floor((1 - eta) * t_next)))
+        eps, x0 = self._den.split(sample, plan.t[i], model_output)
+        noised = torch.add(x0 * a_s, eps, alpha=s_s)  # x_s, before the forward noise
+        self._step_index = i + 1
+        return TCDSchedulerOutput(prev_sample=prev, pred_noised_sample=noised) if return_dict else (prev, noised)
