@@ -60,56 +60,103 @@ def _differences(lv: Levels, i: int, order: int, h: float) -> tuple[np.ndarray, 
     return d0, d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1), (d1_0 - d1_1) / (r0 + r1)
 
 
-def dpm_solver_coefficients(lv: Levels, i: int, order: int, algorithm: str = "dpmsolver++",
-                            solver_type: str = "midpoint") -> tuple[float, list[float], float]:
-    """(A, [c_0, c_1, c_2], g) with x_{i+1} = A x_i + Σ_k c_k m_{i-k} + g z for one multistep DPM-Solver step.
-
-    m is x̂0 for the data-prediction algorithms (dpmsolver++, sde-dpmsolver++) and ε̂ for the noise-prediction
-    ones (dpmsolver, sde-dpmsolver); with φ = e^{-h} − 1, ψ = e^{h} − 1 the weights of D0, D1, D2 are
-      dpmsolver++:      A = σ'/σ,          −α'φ,      −α'φ/2 (midpoint) or α'(φ/h + 1) (heun)
-      sde-dpmsolver++:  A = σ'/σ e^{-h},   α'(1−e^{-2h}), half that or α'((1−e^{-2h})/(−2h) + 1), g = σ' sqrt(1−e^{-2h})
-      dpmsolver:        A = α'/α,          −σ'ψ,      −σ'ψ/2 or −σ'(ψ/h − 1)
-      sde-dpmsolver:    A = α'/α,          −2σ'ψ,     −σ'ψ or −2σ'(ψ/h − 1),  g = σ' sqrt(e^{2h} − 1)
-    Third order uses the heun D1 weight and the Taylor-correct D2 weight: with D2 ≈ h² m''/2 it is 2/h² times
-    the integral of the m'' term, twice diffusers' (whose sde-dpmsolver++ weight also has −1/2 for +1/2: O(1)
-    instead of O(h), which diverges).
-    """
+def _check(order: int, algorithm: str, solver_type: str) -> None:
     if algorithm not in DPM_ALGORITHMS:
         raise UsageError(f"unknown DPM-Solver algorithm {algorithm!r}; choose one of {', '.join(DPM_ALGORITHMS)}")
     if solver_type not in SOLVER_TYPES:
         raise UsageError(f"unknown DPM-Solver solver_type {solver_type!r}; choose one of {', '.join(SOLVER_TYPES)}")
     if order not in (1, 2, 3) or (order == 3 and algorithm == "sde-dpmsolver"):
         raise UsageError(f"DPM-Solver order must be 1, 2 or 3 (1 or 2 for sde-dpmsolver), got {order}")
-    a1, s1, a0, s0 = lv.alpha[i + 1], lv.sigma[i + 1], lv.alpha[i], lv.sigma[i]
-    h = lv.lam[i + 1] - lv.lam[i]
-    if math.isinf(h) or h == 0.0:  # onto σ = 0 (x = α' x̂0), or a zero-length step
-        order = 1
-    while order > 1 and any(lv.lam[i - k] == lv.lam[i - k + 1] for k in range(1, order)):  # a repeated level
-        order -= 1
-    d0, d1, d2 = _differences(lv, i, order, h)
-    heun = solver_type == "heun" or order == 3
-    g = 0.0
+
+
+def _weights(lv: Levels, b: int, e: int, order: int, algorithm: str, heun: bool
+             ) -> tuple[float, float, float, float, float]:
+    """(A, w0, w1, w2, g): x_e = A x_b + w0 D0 + w1 D1 + w2 D2 + g z for a step from level b to level e, with
+    h = λ_e − λ_b, φ = e^{-h} − 1, ψ = e^{h} − 1 and D1 ≈ h m', D2 ≈ h² m''/2 (Taylor weights: the integral of
+    each term of m's expansion in the exact solution of the linear part)."""
+    a1, s1, a0, s0 = lv.alpha[e], lv.sigma[e], lv.alpha[b], lv.sigma[b]
+    h = lv.lam[e] - lv.lam[b]
+    g = w2 = 0.0
     if algorithm == "dpmsolver++":
         phi = _phi(h)
         A, w0 = s1 / s0, -a1 * phi
         w1 = a1 * (phi / h + 1.0) if heun else 0.5 * w0
-        w2 = a1 * (1.0 - 2.0 * (phi + h) / h**2) if order == 3 else 0.0
+        if order == 3:
+            w2 = a1 * (1.0 - 2.0 * (phi + h) / h**2)
     elif algorithm == "sde-dpmsolver++":
         e2 = -math.expm1(-2.0 * h) if not math.isinf(h) else 1.0  # 1 − e^{-2h}
         A, w0 = (s1 / s0 * math.exp(-h) if not math.isinf(h) else 0.0), a1 * e2
         w1 = a1 * (e2 / (-2.0 * h) + 1.0) if heun else 0.5 * w0
-        w2 = a1 * ((e2 - 2.0 * h) / (2.0 * h * h) + 1.0) if order == 3 else 0.0
+        if order == 3:
+            w2 = a1 * ((e2 - 2.0 * h) / (2.0 * h * h) + 1.0)
         g = s1 * math.sqrt(max(e2, 0.0))
     else:
         psi = math.expm1(h)
         k = 2.0 if algorithm == "sde-dpmsolver" else 1.0
         A, w0 = a1 / a0, -k * s1 * psi
         w1 = -k * s1 * (psi / h - 1.0) if heun else 0.5 * w0
-        w2 = -2.0 * s1 * ((psi - h) / h**2 - 0.5) if order == 3 else 0.0
+        if order == 3:
+            w2 = -2.0 * s1 * ((psi - h) / h**2 - 0.5)
         if algorithm == "sde-dpmsolver":
             g = s1 * math.sqrt(max(math.expm1(2.0 * h), 0.0))
-    c = w0 * d0 + w1 * d1 + w2 * d2
-    return A, c.tolist(), g
+    return A, w0, w1, w2, g
+
+
+def _usable_order(lv: Levels, i: int, order: int, b: int, e: int) -> int:
+    """Lower the order onto σ = 0, for a zero-length step, or where two of the levels used coincide."""
+    h = lv.lam[e] - lv.lam[b]
+    if math.isinf(h) or h == 0.0:
+        return 1
+    while order > 1 and len({lv.lam[i - k] for k in range(order)}) < order:
+        order -= 1
+    return order
+
+
+def dpm_solver_coefficients(lv: Levels, i: int, order: int, algorithm: str = "dpmsolver++",
+                            solver_type: str = "midpoint") -> tuple[float, list[float], float]:
+    """(A, [c_0, c_1, c_2], g) with x_{i+1} = A x_i + Σ_k c_k m_{i-k} + g z for one multistep DPM-Solver step.
+
+    m is x̂0 for the data-prediction algorithms (dpmsolver++, sde-dpmsolver++) and ε̂ for the noise-prediction
+    ones (dpmsolver, sde-dpmsolver); the weights of D0, D1, D2 (`_weights`) are
+      dpmsolver++:      A = σ'/σ,          −α'φ,      −α'φ/2 (midpoint) or α'(φ/h + 1) (heun)
+      sde-dpmsolver++:  A = σ'/σ e^{-h},   α'(1−e^{-2h}), half that or α'((1−e^{-2h})/(−2h) + 1), g = σ' sqrt(1−e^{-2h})
+      dpmsolver:        A = α'/α,          −σ'ψ,      −σ'ψ/2 or −σ'(ψ/h − 1)
+      sde-dpmsolver:    A = α'/α,          −2σ'ψ,     −σ'ψ or −2σ'(ψ/h − 1),  g = σ' sqrt(e^{2h} − 1)
+    Third order uses the heun D1 weight and the Taylor-correct D2 weight, twice diffusers' multistep one (its
+    D2 ≈ h² m''/2 takes the weight of h² m''); its sde-dpmsolver++ weight also has −1/2 for +1/2 (O(1) instead
+    of O(h), which diverges).
+    """
+    _check(order, algorithm, solver_type)
+    order = _usable_order(lv, i, order, i, i + 1)
+    d0, d1, d2 = _differences(lv, i, order, lv.lam[i + 1] - lv.lam[i])
+    A, w0, w1, w2, g = _weights(lv, i, i + 1, order, algorithm, solver_type == "heun" or order == 3)
+    return A, (w0 * d0 + w1 * d1 + w2 * d2).tolist(), g
+
+
+def dpm_singlestep_coefficients(lv: Levels, i: int, order: int, algorithm: str = "dpmsolver++",
+                                solver_type: str = "midpoint") -> tuple[float, list[float], float]:
+    """(A, [c_0, c_1, c_2], g) with x_{i+1} = A x_b + Σ_k c_k m_{i-k} + g z for the last stage of a singlestep
+    DPM-Solver step of `order` (Lu et al. 2022a, Alg. 1/2 with the list's levels as the intermediate points):
+    the step starts at b = i − order + 1, whose x and m are D0; the later m give D1 (and D2 at third order,
+    or, with the midpoint solver type, D1 from the last point alone as the paper's DPM-Solver-3)."""
+    _check(order, algorithm, solver_type)
+    b = i - order + 1
+    order = _usable_order(lv, i, order, b, i + 1)
+    b = i - order + 1
+    h = lv.lam[i + 1] - lv.lam[b]
+    d0 = np.eye(3)[order - 1]
+    d1 = d2 = np.zeros(3)
+    if order == 2:
+        d1 = (np.eye(3)[0] - d0) / ((lv.lam[i] - lv.lam[b]) / h)
+    elif order == 3:
+        r0, r1 = (lv.lam[i] - lv.lam[b]) / h, (lv.lam[i - 1] - lv.lam[b]) / h
+        d1_0, d1_1 = (np.eye(3)[1] - d0) / r1, (np.eye(3)[0] - d0) / r0
+        if solver_type == "heun":
+            d1, d2 = (r0 * d1_0 - r1 * d1_1) / (r0 - r1), (d1_1 - d1_0) / (r0 - r1)
+        else:
+            d1 = d1_1
+    A, w0, w1, w2, g = _weights(lv, b, i + 1, order, algorithm, solver_type == "heun" or order == 3)
+    return A, (w0 * d0 + w1 * d1 + w2 * d2).tolist(), g
 
 
 def dpmpp_coefficients(lv: Levels, i: int, order: int) -> tuple[float, list[float]]:

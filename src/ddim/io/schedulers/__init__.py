@@ -1,11 +1,12 @@
 """diffusers-compatible schedulers on ddim's core (drop-in: `pipe.scheduler = DPMSolverMultistepScheduler(...)`)."""
 
-from .dpm import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+from .dpm import DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler, UniPCMultistepScheduler
 from .flow import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
-from .grid import DDIMScheduler, DDPMScheduler, LCMScheduler, TCDScheduler
+from .grid import DDIMScheduler, DDPMScheduler, LCMScheduler, PNDMScheduler, TCDScheduler
 from .karras import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
 
-__all__ = ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "EulerAncestralDiscreteScheduler",
+__all__ = ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+           "EulerAncestralDiscreteScheduler",
            "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler",
-           "HeunDiscreteScheduler", "LCMScheduler",
+           "HeunDiscreteScheduler", "LCMScheduler", "PNDMScheduler",
            "TCDScheduler", "UniPCMultistepScheduler"]

@@ -19,7 +19,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ...core.errors import UsageError
 from ...core.path import FlowShift, Levels
 from ...core.prediction import dynamic_threshold
-from ...core.samplers.dpmpp import DPM_ALGORITHMS, dpm_solver_coefficients
+from ...core.samplers.dpmpp import DPM_ALGORITHMS, dpm_singlestep_coefficients, dpm_solver_coefficients
 from ...core.samplers.unipc import flatten_terms, unipc_terms
 from .base import (
     DropIn,
@@ -40,6 +40,8 @@ PREDICTIONS = ("epsilon", "sample", "v_prediction", "flow_prediction")
 
 class _LambdaMultistep(DropIn):
     """σ list, levels and model-output conversion shared by the DPM-Solver and UniPC drop-ins."""
+
+    _round_karras = False  # the singlestep solver rounds Karras timesteps for every β schedule
 
     def _setup_common(self, solver_order: int) -> None:
         cfg = self.config
@@ -93,7 +95,7 @@ class _LambdaMultistep(DropIn):
             ts = sig[:-1] * cfg.num_train_timesteps if flow else np.array([sigma_to_t(s, log_sigmas) for s in sig[:-1]])
             return ts, sig.astype(np.float32)
         if timesteps is not None:
-            if self._kind or cfg.use_lu_lambdas or flow:
+            if self._kind or cfg.get("use_lu_lambdas", False) or flow:
                 refuse("timesteps", "cannot be combined with use_karras/exponential/beta_sigmas, use_lu_lambdas "
                                     "or use_flow_sigmas (they define their own list)")
             ts = np.array(timesteps).astype(np.int64)
@@ -104,15 +106,15 @@ class _LambdaMultistep(DropIn):
             sig = np.interp(ts, np.arange(0, len(base)), base)
         else:
             clipped = int(torch.searchsorted(torch.flip(self.lambda_t, [0]), cfg.lambda_min_clipped))
-            ts = spaced(n, cfg.timestep_spacing, cfg.num_train_timesteps, cfg.steps_offset,
+            ts = spaced(n, cfg.get("timestep_spacing", "linspace"), cfg.num_train_timesteps, cfg.get("steps_offset", 0),
                         points=cfg.num_train_timesteps - clipped)
             sig = np.interp(ts, np.arange(0, len(base)), base)
             if self._kind:
                 sig = converted_sigmas(self._kind, np.flip(base).copy(), n, cfg.get("sigma_min"), cfg.get("sigma_max"))
                 ts = np.array([sigma_to_t(s, log_sigmas) for s in sig])
-                if self._kind == "karras" and cfg.beta_schedule != "squaredcos_cap_v2":
+                if self._kind == "karras" and (cfg.beta_schedule != "squaredcos_cap_v2" or self._round_karras):
                     ts = ts.round()
-            elif cfg.use_lu_lambdas:
+            elif cfg.get("use_lu_lambdas", False):
                 lam = np.flip(log_sigmas.copy())
                 lam = lam[0] + np.linspace(0, 1, n) * (lam[-1] - lam[0])
                 sig = np.exp(lam)
@@ -220,6 +222,12 @@ class DPMSolverMultistepScheduler(_LambdaMultistep):
         use_dynamic_shifting: bool = False,
         time_shift_type: str = "exponential",
     ) -> None:
+        self._init_dpm(solver_order, algorithm_type, solver_type, final_sigmas_type, use_flow_sigmas,
+                       prediction_type)
+
+    def _init_dpm(self, solver_order: int, algorithm_type: str, solver_type: str, final_sigmas_type: str,
+                  use_flow_sigmas: bool, prediction_type: str) -> None:
+        """The DPM-Solver key checks (and diffusers' DEIS / UniPC config mappings), then the shared set-up."""
         if algorithm_type == "deis":  # a DEIS config switched to DPM-Solver, as diffusers
             self.register_to_config(algorithm_type="dpmsolver++")
         if solver_type in ("logrho", "bh1", "bh2"):  # DEIS / UniPC configs
@@ -236,9 +244,6 @@ class DPMSolverMultistepScheduler(_LambdaMultistep):
         self._setup_common(solver_order)
         self._check_variance_type()
         self._coef: list[list[tuple[float, list[float], float]]] = []
-
-    def _conv_type(self) -> str:
-        return self.config.prediction_type
 
     def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
                       mu: float | None = None, timesteps: list[int] | None = None) -> None:
@@ -303,6 +308,108 @@ class DPMSolverMultistepScheduler(_LambdaMultistep):
         self._step_index += 1
         prev = out.to(model_output.dtype)
         return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+
+
+class DPMSolverSinglestepScheduler(DPMSolverMultistepScheduler):
+    """Singlestep DPM-Solver (Lu et al. 2022a): the list is cut into groups of 1, 2 or 3 levels (diffusers'
+    `get_order_list`); each group is one higher-order step from its first level, whose later levels serve as the
+    intermediate points. Coefficients from the core's `dpm_singlestep_coefficients`."""
+
+    _round_karras = True
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        solver_order: int = 2,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        algorithm_type: str = "dpmsolver++",
+        solver_type: str = "midpoint",
+        lower_order_final: bool = False,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        use_flow_sigmas: bool = False,
+        flow_shift: float = 1.0,
+        final_sigmas_type: str = "zero",
+        lambda_min_clipped: float = -float("inf"),
+        variance_type: str | None = None,
+        use_dynamic_shifting: bool = False,
+        time_shift_type: str = "exponential",
+    ) -> None:
+        if algorithm_type == "sde-dpmsolver":
+            refuse("algorithm_type", "'sde-dpmsolver' is not defined for the singlestep solver (diffusers' neither)")
+        self._init_dpm(solver_order, algorithm_type, solver_type, final_sigmas_type, use_flow_sigmas,
+                       prediction_type)
+        self.sample: torch.Tensor | None = None
+        self.order_list: list[int] = []
+
+    def get_order_list(self, num_inference_steps: int) -> list[int]:
+        """Orders of the steps: repeating groups [1, 2, 3] (or [1, 2]), ending lower with lower_order_final."""
+        n, order = num_inference_steps, self.config.solver_order
+        if self.config.lower_order_final:
+            if order == 3:
+                orders = [1, 2, 3] * (n // 3 - 1) + [1, 2] + [1] if n % 3 == 0 else \
+                    [1, 2, 3] * (n // 3) + ([1] if n % 3 == 1 else [1, 2])
+            elif order == 2:
+                orders = [1, 2] * (n // 2 - 1) + [1, 1] if n % 2 == 0 else [1, 2] * (n // 2) + [1]
+            else:
+                orders = [1] * n
+        else:
+            orders = {3: [1, 2, 3] * (n // 3), 2: [1, 2] * (n // 2), 1: [1] * n}[order]
+        if self.config.final_sigmas_type == "zero":
+            orders[-1] = 1
+        return orders
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
+                      mu: float | None = None, timesteps: list[int] | None = None) -> None:
+        ts, sig = self._sigma_list(num_inference_steps, timesteps, mu)
+        lv = self._install(ts, sig, device)
+        n = len(lv)
+        cfg = self.config
+        if not cfg.lower_order_final and (n % cfg.solver_order != 0 or cfg.final_sigmas_type == "zero"):
+            self.register_to_config(lower_order_final=True)  # as diffusers (it warns)
+        self.order_list = self.get_order_list(n)
+        alg, st = cfg.algorithm_type, cfg.solver_type
+        self._coef = [[dpm_singlestep_coefficients(lv, i, min(o, i + 1), alg, st) for i in range(n)]
+                      for o in range(1, cfg.solver_order + 1)]
+        self.sample = None
+
+    def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor,
+             generator: torch.Generator | None = None, return_dict: bool = True
+             ) -> SchedulerOutput | tuple[torch.Tensor]:
+        """One stage: first order from a group's first level (kept), higher order from it at its later levels."""
+        self._require_timesteps()
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        i = self._step_index
+        m = self.convert_model_output(model_output, sample=sample)
+        self.model_outputs = [*self.model_outputs[1:], m]
+        z = None
+        if self.config.algorithm_type == "sde-dpmsolver++":
+            z = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                             dtype=model_output.dtype)
+        o = self.order_list[i]
+        while self.model_outputs[-o] is None:
+            o -= 1
+        if o == 1:
+            self.sample = sample
+        A, c, g = self._coef[o - 1][i]
+        out = self.sample * A
+        for k in range(o):
+            if c[k] != 0.0:
+                out = out + self.model_outputs[-1 - k] * c[k]
+        if z is not None and g > 0.0:
+            out = out + z * g
+        self._step_index += 1
+        return SchedulerOutput(prev_sample=out) if return_dict else (out,)
 
 
 class UniPCMultistepScheduler(_LambdaMultistep):

@@ -412,3 +412,131 @@ class TCDScheduler(_ConsistencyFamily):
         noised = torch.add(x0 * a_s, eps, alpha=s_s)  # x_s, before the forward noise
         self._step_index = i + 1
         return TCDSchedulerOutput(prev_sample=prev, pred_noised_sample=noised) if return_dict else (prev, noised)
+
+
+class PNDMScheduler(_GridFamily):
+    """PNDM (Liu et al. 2022): pseudo Runge–Kutta warm-up (PRK, 4 calls per step for 3 steps) then the pseudo
+    linear multistep method (PLMS: Adams–Bashforth 2–4 on ε̂), each step the DDIM transfer
+    x' = (α'/α) x + (σ' − α'σ/α) ε' (core.samplers.pndm's transfer in EDM variables). `skip_prk_steps` starts
+    PLMS with the pseudo improved Euler step instead (Stable Diffusion's config). A step lands on the next
+    entry of the list (diffusers: a fixed stride T // n, the same for `leading` spacing)."""
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        skip_prk_steps: bool = False,
+        set_alpha_to_one: bool = False,
+        prediction_type: str = "epsilon",
+        timestep_spacing: str = "leading",
+        steps_offset: int = 0,
+    ) -> None:
+        check_choice("prediction_type", prediction_type, ("epsilon", "v_prediction"))
+        check_choice("timestep_spacing", timestep_spacing, ("linspace", "leading", "trailing"))
+        self._setup_grid(set_alpha_to_one, timestep_spacing)
+        self.pndm_order = 4
+        self.cur_model_output: Any = 0
+        self.counter = 0
+        self.cur_sample: torch.Tensor | None = None
+        self.ets: list[torch.Tensor] = []
+        self.prk_timesteps = np.array([])
+        self.plms_timesteps = np.array([])
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """diffusers' PRK and PLMS timestep lists (the PLMS list repeats its second entry when PRK is skipped)."""
+        cfg = self.config
+        n, T = num_inference_steps, cfg.num_train_timesteps
+        if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= T:
+            refuse("num_inference_steps", f"must be an integer in 2..{T} for PNDM, got {n!r}")
+        if not cfg.skip_prk_steps and n < 4:
+            refuse("num_inference_steps", "PRK warm-up needs at least 4 steps (or skip_prk_steps=True)")
+        base = spaced(n, cfg.timestep_spacing, T, cfg.steps_offset)[::-1].copy()
+        base = base.round().astype(np.int64) if cfg.timestep_spacing != "linspace" else \
+            np.linspace(0, T - 1, n).round().astype(np.int64)
+        self._base = base[::-1].copy()  # the n levels, decreasing
+        if cfg.skip_prk_steps:
+            self.prk_timesteps = np.array([])
+            self.plms_timesteps = np.concatenate([base[:-1], base[-2:-1], base[-1:]])[::-1].copy()
+        else:
+            prk = np.array(base[-self.pndm_order:]).repeat(2) + np.tile(np.array([0, T // n // 2]), self.pndm_order)
+            self.prk_timesteps = prk[:-1].repeat(2)[1:-1][::-1].copy()
+            self.plms_timesteps = base[:-3][::-1].copy()
+        ts = np.concatenate([self.prk_timesteps, self.plms_timesteps]).astype(np.int64)
+        self.timesteps = torch.from_numpy(ts).to(device)
+        self.num_inference_steps = n
+        self._next = {int(t): int(s) for t, s in zip(self._base[:-1], self._base[1:])}
+        self.ets, self.counter, self.cur_model_output, self.cur_sample = [], 0, 0, None
+
+    def _eps(self, out: torch.Tensor, x: torch.Tensor, t: int) -> torch.Tensor:
+        return self._den.eps_from_output(x, t, out)
+
+    def _transfer(self, x: torch.Tensor, t: int, t_prev: int | float, eps: torch.Tensor) -> torch.Tensor:
+        """The DDIM (η = 0) transfer from level t to t_prev with the slope ε'."""
+        a, s = self.schedule.alpha_sigma(t)
+        a_p, s_p = self.schedule.alpha_sigma(t_prev) if t_prev >= 0 else self.schedule.ddim_final
+        return torch.add(x * (a_p / a), eps, alpha=s_p - a_p * s / a)
+
+    def _prev(self, t: int) -> int:
+        return self._next.get(int(t), -1)
+
+    def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor,
+             return_dict: bool = True) -> Any:
+        from diffusers.schedulers.scheduling_utils import SchedulerOutput
+
+        self._require_timesteps()
+        if self.counter < len(self.prk_timesteps) and not self.config.skip_prk_steps:
+            prev = self._step_prk(model_output, int(timestep), sample)
+        else:
+            prev = self._step_plms(model_output, int(timestep), sample)
+        self.counter += 1
+        return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+
+    def _step_prk(self, out: torch.Tensor, t: int, x: torch.Tensor) -> torch.Tensor:
+        """RK4 weights 1/6, 1/3, 1/3, 1/6 on ε̂ at the start, twice at the midpoint and at the end of a step."""
+        start = int(self.prk_timesteps[self.counter // 4 * 4])
+        end = self._prev(start)
+        mid = start - (start - end) // 2 if end >= 0 else start - self.config.num_train_timesteps // \
+            self.num_inference_steps // 2
+        eps = self._eps(out, x, t)
+        k = self.counter % 4
+        if k == 0:
+            self.cur_model_output = eps / 6
+            self.ets.append(eps)
+            self.cur_sample = x
+        elif k in (1, 2):
+            self.cur_model_output = self.cur_model_output + eps / 3
+        else:
+            eps = self.cur_model_output + eps / 6
+            self.cur_model_output = 0
+        target = mid if k in (0, 1) else end
+        return self._transfer(self.cur_sample if self.cur_sample is not None else x, start, target, eps)
+
+    def _step_plms(self, out: torch.Tensor, t: int, x: torch.Tensor) -> torch.Tensor:
+        """Adams–Bashforth 2–4 on the kept ε̂ (the first step: the pseudo improved Euler average)."""
+        if not self.config.skip_prk_steps and len(self.ets) < 3:
+            refuse("step", "PNDM needs the PRK warm-up steps first (call step on every entry of timesteps)")
+        eps_now = self._eps(out, x, t)
+        if self.counter != 1:
+            self.ets = [*self.ets[-3:], eps_now]
+            start, prev = t, self._prev(t)
+        else:  # the repeated entry: the corrector call of the first (improved Euler) step
+            start = int(self._base[0])
+            prev = t
+        if len(self.ets) == 1 and self.counter == 0:
+            eps = eps_now
+            self.cur_sample = x
+        elif len(self.ets) == 1 and self.counter == 1:
+            eps = (eps_now + self.ets[-1]) / 2
+            x = self.cur_sample
+            self.cur_sample = None
+        elif len(self.ets) == 2:
+            eps = (3 * self.ets[-1] - self.ets[-2]) / 2
+        elif len(self.ets) == 3:
+            eps = (23 * self.ets[-1] - 16 * self.ets[-2] + 5 * self.ets[-3]) / 12
+        else:
+            eps = (55 * self.ets[-1] - 59 * self.ets[-2] + 37 * self.ets[-3] - 9 * self.ets[-4]) / 24
+        return self._transfer(x, start, prev, eps)
