@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers.configuration_utils import ConfigMixin
+from diffusers.configuration_utils import ConfigMixin, FrozenDict
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ...core.errors import UsageError
-from ...core.prediction import affine_coefficients
+from ...core.prediction import affine_coefficients, dynamic_threshold
 from ...core.schedule import NoiseSchedule, _cosine_betas
 
 #: every scheduler a drop-in takes the config of (diffusers' Karras family, the consistency and flow ones)
@@ -60,11 +60,25 @@ def check_choice(key: str, value: Any, choices: tuple) -> None:
         raise UsageError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
+@functools.cache
+def _own_keys(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.__init__).parameters) - {"self"}
+
+
 class DropIn(SchedulerMixin, ConfigMixin):
     """The shared part of the contract: strict `from_config`, step and begin index, `__len__`."""
 
     _compatibles = KARRAS_COMPATIBLES
     order = 1
+
+    def own(self, key: str, default: Any = None) -> Any:
+        """A value of one of this scheduler's own keys; a key another scheduler's config brought along (kept in
+        `config` by diffusers' from_config) is not read, as diffusers' class of this name does not read it."""
+        return self.config.get(key, default) if key in _own_keys(type(self)) else default
+
+    def own_config(self) -> FrozenDict:
+        """The config restricted to this scheduler's own keys."""
+        return FrozenDict({k: v for k, v in self.config.items() if k in _own_keys(type(self))})
 
     @classmethod
     def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, **kwargs: Any) -> Any:
@@ -115,6 +129,11 @@ class DropIn(SchedulerMixin, ConfigMixin):
     def _require_timesteps(self) -> None:
         if self.num_inference_steps is None:
             raise UsageError("call set_timesteps before step")
+
+    def _threshold_sample(self, sample: torch.Tensor) -> torch.Tensor:
+        """Dynamic thresholding with this config's ratio and maximum (core.prediction.dynamic_threshold)."""
+        return dynamic_threshold(sample, float(self.own("dynamic_thresholding_ratio", 0.995)),
+                                 float(self.own("sample_max_value", 1.0)))
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps

@@ -56,8 +56,8 @@ class _LambdaMultistep(DropIn):
             refuse("final_sigmas_type", f"must be 'zero' or 'sigma_min', got {cfg.final_sigmas_type!r}")
         if not 0.0 <= float(cfg.dynamic_thresholding_ratio) <= 1.0:
             refuse("dynamic_thresholding_ratio", "must lie in [0, 1]")
-        self._kind = sigma_kind(cfg)
-        self.betas, self.alphas, self.alphas_cumprod = diffusers_tables(cfg, zero_snr_floor=True)
+        self._kind = sigma_kind(self.own_config())
+        self.betas, self.alphas, self.alphas_cumprod = diffusers_tables(self.own_config(), zero_snr_floor=True)
         self.alpha_t = torch.sqrt(self.alphas_cumprod)
         self.sigma_t = torch.sqrt(1 - self.alphas_cumprod)
         self.lambda_t = torch.log(self.alpha_t) - torch.log(self.sigma_t)
@@ -95,7 +95,7 @@ class _LambdaMultistep(DropIn):
             ts = sig[:-1] * cfg.num_train_timesteps if flow else np.array([sigma_to_t(s, log_sigmas) for s in sig[:-1]])
             return ts, sig.astype(np.float32)
         if timesteps is not None:
-            if self._kind or cfg.get("use_lu_lambdas", False) or flow:
+            if self._kind or self.own("use_lu_lambdas", False) or flow:
                 refuse("timesteps", "cannot be combined with use_karras/exponential/beta_sigmas, use_lu_lambdas "
                                     "or use_flow_sigmas (they define their own list)")
             ts = np.array(timesteps).astype(np.int64)
@@ -106,7 +106,7 @@ class _LambdaMultistep(DropIn):
             sig = np.interp(ts, np.arange(0, len(base)), base)
         else:
             clipped = int(torch.searchsorted(torch.flip(self.lambda_t, [0]), cfg.lambda_min_clipped))
-            ts = spaced(n, cfg.get("timestep_spacing", "linspace"), cfg.num_train_timesteps, cfg.get("steps_offset", 0),
+            ts = spaced(n, self.own("timestep_spacing", "linspace"), cfg.num_train_timesteps, self.own("steps_offset", 0),
                         points=cfg.num_train_timesteps - clipped)
             sig = np.interp(ts, np.arange(0, len(base)), base)
             if self._kind:
@@ -114,7 +114,7 @@ class _LambdaMultistep(DropIn):
                 ts = np.array([sigma_to_t(s, log_sigmas) for s in sig])
                 if self._kind == "karras" and (cfg.beta_schedule != "squaredcos_cap_v2" or self._round_karras):
                     ts = ts.round()
-            elif cfg.get("use_lu_lambdas", False):
+            elif self.own("use_lu_lambdas", False):
                 lam = np.flip(log_sigmas.copy())
                 lam = lam[0] + np.linspace(0, 1, n) * (lam[-1] - lam[0])
                 sig = np.exp(lam)
@@ -155,7 +155,7 @@ class _LambdaMultistep(DropIn):
     # ----------------------------------------------------------------------------- model outputs
     def _data(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """x̂0 from the network output at the current step (thresholded as configured)."""
-        if self.config.get("variance_type") in ("learned", "learned_range"):
+        if self.own("variance_type") in ("learned", "learned_range"):
             model_output = model_output[:, : sample.shape[1]]
         k1, k2 = self._x0w[self._step_index]
         x0 = model_output if (k1 == 0.0 and k2 == 1.0) else torch.add(sample * k1, model_output, alpha=k2)
@@ -277,7 +277,7 @@ class DPMSolverMultistepScheduler(_LambdaMultistep):
             return x0
         a, s = self._pair(float(self.sigmas[self._step_index]))
         if self.config.prediction_type == "epsilon" and not self.config.thresholding:
-            return model_output[:, : sample.shape[1]] if self.config.get("variance_type") else model_output
+            return model_output[:, : sample.shape[1]] if self.own("variance_type") else model_output
         return torch.add(sample, x0, alpha=-a).div_(s)
 
     def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor,
@@ -528,6 +528,12 @@ class UniPCMultistepScheduler(_LambdaMultistep):
         self.last_sample = None
         if self.solver_p is not None:
             self.solver_p.set_timesteps(self.num_inference_steps, device=device)
+
+    def time_shift(self, mu: float, sigma: float, t: Any) -> Any:
+        """The resolution shift of flow σ (core.path.FlowShift): e^μ/(e^μ + (1/t − 1)^σ), or linear in μ."""
+        if self.config.time_shift_type == "exponential":
+            return math.exp(mu) / (math.exp(mu) + (1 / t - 1) ** sigma)
+        return mu / (mu + (1 / t - 1) ** sigma)
 
     def convert_model_output(self, model_output: torch.Tensor, *args: Any, sample: torch.Tensor | None = None,
                              **kwargs: Any) -> torch.Tensor:

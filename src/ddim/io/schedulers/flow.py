@@ -101,7 +101,7 @@ class FlowMatchEulerDiscreteScheduler(_FlowFamily):
         stochastic_sampling: bool = False,
     ) -> None:
         check_choice("time_shift_type", time_shift_type, ("exponential", "linear"))
-        self._kind = sigma_kind(self.config)
+        self._kind = sigma_kind(self.own_config())
         self._fs = FlowShift(float(shift), bool(use_dynamic_shifting), None, shift_terminal, time_shift_type,
                              num_train_timesteps)
         self._setup_flow(shift, use_dynamic_shifting)

@@ -33,18 +33,18 @@ class _GridFamily(DropIn):
     def _setup_grid(self, set_alpha_to_one: bool = True, spacing: str | None = None) -> None:
         cfg = self.config
         check_choice("prediction_type", cfg.prediction_type, ("epsilon", "sample", "v_prediction"))
-        if not 0.0 <= float(cfg.get("dynamic_thresholding_ratio", 0.995)) <= 1.0:
+        if not 0.0 <= float(self.own("dynamic_thresholding_ratio", 0.995)) <= 1.0:
             refuse("dynamic_thresholding_ratio", "must lie in [0, 1]")
-        self.betas, self.alphas, self.alphas_cumprod = diffusers_tables(cfg, zero_snr_floor=False)
+        self.betas, self.alphas, self.alphas_cumprod = diffusers_tables(self.own_config(), zero_snr_floor=False)
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
         self.one = torch.tensor(1.0)
         self.schedule = schedule_of(self.alphas_cumprod, set_alpha_to_one=set_alpha_to_one,
-                                    steps_offset=cfg.get("steps_offset", 0), spacing=spacing or "leading")
-        clip = float(cfg.clip_sample_range) if cfg.get("clip_sample") else None
+                                    steps_offset=self.own("steps_offset", 0), spacing=spacing or "leading")
+        clip = float(cfg.clip_sample_range) if self.own("clip_sample") else None
         self._den = Denoiser(None, self.schedule, prediction_type=cfg.prediction_type, clip_sample=clip,
-                             thresholding=bool(cfg.get("thresholding", False)),
-                             dynamic_thresholding_ratio=float(cfg.get("dynamic_thresholding_ratio", 0.995)),
-                             sample_max_value=float(cfg.get("sample_max_value", 1.0)))
+                             thresholding=bool(self.own("thresholding", False)),
+                             dynamic_thresholding_ratio=float(self.own("dynamic_thresholding_ratio", 0.995)),
+                             sample_max_value=float(self.own("sample_max_value", 1.0)))
         self.init_noise_sigma = 1.0
         self.num_inference_steps: int | None = None
         T = cfg.num_train_timesteps
@@ -339,6 +339,10 @@ class LCMScheduler(_ConsistencyFamily):
     ) -> None:
         self._setup_consistency()
 
+    def get_scalings_for_boundary_condition_discrete(self, timestep: int) -> tuple[float, float]:
+        """(c_skip, c_out) of the consistency parameterisation at `timestep` (core.samplers.consistency)."""
+        return lcm_boundary(float(timestep) * float(self.config.timestep_scaling))
+
     def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor,
              generator: torch.Generator | None = None, return_dict: bool = True
              ) -> LCMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
@@ -469,6 +473,7 @@ class PNDMScheduler(_GridFamily):
         self.timesteps = torch.from_numpy(ts).to(device)
         self.num_inference_steps = n
         self._next = {int(t): int(s) for t, s in zip(self._base[:-1], self._base[1:])}
+        self._up = {v: k for k, v in self._next.items()}
         self.ets, self.counter, self.cur_model_output, self.cur_sample = [], 0, 0, None
 
     def _eps(self, out: torch.Tensor, x: torch.Tensor, t: int) -> torch.Tensor:
@@ -476,6 +481,8 @@ class PNDMScheduler(_GridFamily):
 
     def _transfer(self, x: torch.Tensor, t: int, t_prev: int | float, eps: torch.Tensor) -> torch.Tensor:
         """The DDIM (η = 0) transfer from level t to t_prev with the slope ε'."""
+        if t_prev == t:
+            return x
         a, s = self.schedule.alpha_sigma(t)
         a_p, s_p = self.schedule.alpha_sigma(t_prev) if t_prev >= 0 else self.schedule.ddim_final
         return torch.add(x * (a_p / a), eps, alpha=s_p - a_p * s / a)
@@ -485,50 +492,56 @@ class PNDMScheduler(_GridFamily):
 
     def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor,
              return_dict: bool = True) -> Any:
-        from diffusers.schedulers.scheduling_utils import SchedulerOutput
-
+        """PRK while its warm-up list lasts (unless skipped), then PLMS; state advances per call, as diffusers'."""
         self._require_timesteps()
         if self.counter < len(self.prk_timesteps) and not self.config.skip_prk_steps:
-            prev = self._step_prk(model_output, int(timestep), sample)
-        else:
-            prev = self._step_plms(model_output, int(timestep), sample)
-        self.counter += 1
-        return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+            return self.step_prk(model_output, timestep, sample, return_dict)
+        return self.step_plms(model_output, timestep, sample, return_dict)
 
-    def _step_prk(self, out: torch.Tensor, t: int, x: torch.Tensor) -> torch.Tensor:
-        """RK4 weights 1/6, 1/3, 1/3, 1/6 on ε̂ at the start, twice at the midpoint and at the end of a step."""
+    def step_prk(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor,
+                 return_dict: bool = True) -> Any:
+        """RK4 weights 1/6, 1/3, 1/3, 1/6 on ε̂ at the start, twice at the midpoint and at the end of a step (the
+        half step is T // n // 2, as diffusers)."""
+        from diffusers.schedulers.scheduling_utils import SchedulerOutput
+
+        t = int(timestep)
+        half = self.config.num_train_timesteps // self.num_inference_steps // 2
+        target = t - (0 if self.counter % 2 else half)
         start = int(self.prk_timesteps[self.counter // 4 * 4])
-        end = self._prev(start)
-        mid = start - (start - end) // 2 if end >= 0 else start - self.config.num_train_timesteps // \
-            self.num_inference_steps // 2
-        eps = self._eps(out, x, t)
+        eps = self._eps(model_output, sample, t)
         k = self.counter % 4
         if k == 0:
             self.cur_model_output = eps / 6
             self.ets.append(eps)
-            self.cur_sample = x
+            self.cur_sample = sample
         elif k in (1, 2):
             self.cur_model_output = self.cur_model_output + eps / 3
         else:
             eps = self.cur_model_output + eps / 6
             self.cur_model_output = 0
-        target = mid if k in (0, 1) else end
-        return self._transfer(self.cur_sample if self.cur_sample is not None else x, start, target, eps)
+        prev = self._transfer(self.cur_sample if self.cur_sample is not None else sample, start, target, eps)
+        self.counter += 1
+        return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
 
-    def _step_plms(self, out: torch.Tensor, t: int, x: torch.Tensor) -> torch.Tensor:
-        """Adams–Bashforth 2–4 on the kept ε̂ (the first step: the pseudo improved Euler average)."""
+    def step_plms(self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor,
+                  return_dict: bool = True) -> Any:
+        """Adams–Bashforth 2–4 on the kept ε̂ (the first step: the pseudo improved Euler average, whose second
+        call is the repeated list entry)."""
+        from diffusers.schedulers.scheduling_utils import SchedulerOutput
+
         if not self.config.skip_prk_steps and len(self.ets) < 3:
             refuse("step", "PNDM needs the PRK warm-up steps first (call step on every entry of timesteps)")
-        eps_now = self._eps(out, x, t)
+        t = int(timestep)
+        eps_now = self._eps(model_output, sample, t)
         if self.counter != 1:
             self.ets = [*self.ets[-3:], eps_now]
             start, prev = t, self._prev(t)
-        else:  # the repeated entry: the corrector call of the first (improved Euler) step
-            start = int(self._base[0])
-            prev = t
+        else:  # the corrector call of the first (improved Euler) step: from the level before this one
+            start, prev = self._up.get(t, t), t
+        x = sample
         if len(self.ets) == 1 and self.counter == 0:
             eps = eps_now
-            self.cur_sample = x
+            self.cur_sample = sample
         elif len(self.ets) == 1 and self.counter == 1:
             eps = (eps_now + self.ets[-1]) / 2
             x = self.cur_sample
@@ -539,4 +552,6 @@ class PNDMScheduler(_GridFamily):
             eps = (23 * self.ets[-1] - 16 * self.ets[-2] + 5 * self.ets[-3]) / 12
         else:
             eps = (55 * self.ets[-1] - 59 * self.ets[-2] + 37 * self.ets[-3] - 9 * self.ets[-4]) / 24
-        return self._transfer(x, start, prev, eps)
+        out = self._transfer(x, start, prev, eps)
+        self.counter += 1
+        return SchedulerOutput(prev_sample=out) if return_dict else (out,)

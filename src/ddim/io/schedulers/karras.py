@@ -44,8 +44,8 @@ class _SigmaFamily(DropIn):
         cfg = self.config
         check_choice("prediction_type", cfg.prediction_type, self._predictions)
         check_choice("timestep_spacing", cfg.timestep_spacing, ("linspace", "leading", "trailing"))
-        self._kind = sigma_kind(cfg)
-        self.betas, self.alphas, self.alphas_cumprod = diffusers_tables(cfg, zero_snr_floor=True)
+        self._kind = sigma_kind(self.own_config())
+        self.betas, self.alphas, self.alphas_cumprod = diffusers_tables(self.own_config(), zero_snr_floor=True)
         base = torch.from_numpy(train_sigmas(self.alphas_cumprod)).flip(0)
         T = cfg.num_train_timesteps
         self.timesteps = torch.from_numpy(np.linspace(0, T - 1, T, dtype=float)[::-1].copy()).float()
@@ -99,7 +99,7 @@ class _SigmaFamily(DropIn):
     def _x0(self, out: torch.Tensor, y: torch.Tensor, i: int) -> torch.Tensor:
         k1, k2 = self._x0w[i]
         x0 = out if (k1 == 0.0 and k2 == 1.0) else torch.add(y * k1, out, alpha=k2)
-        if self.config.get("clip_sample"):
+        if self.own("clip_sample"):
             r = float(self.config.clip_sample_range)
             x0 = x0.clamp(-r, r)
         return x0
@@ -130,6 +130,15 @@ class _SigmaFamily(DropIn):
             idx = [self._begin_index] * timesteps.shape[0]
         sigma = sigmas[idx].flatten().reshape(-1, *([1] * (original_samples.ndim - 1)))
         return original_samples + noise * sigma
+
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The v target sqrt(ᾱ) ε − sqrt(1 − ᾱ) x_0 at each timestep's level, ᾱ = 1/(1 + σ²) (diffusers indexes
+        its ᾱ table by the list position instead)."""
+        sched = self.timesteps.to(sample.device)
+        sig = self.sigmas.double()[[self.index_for_timestep(t, sched) for t in timesteps.to(sample.device)]]
+        abar = (1.0 / (1.0 + sig**2)).to(sample.dtype).reshape(-1, *([1] * (sample.ndim - 1)))
+        return abar**0.5 * noise - (1 - abar) ** 0.5 * sample
 
 
 class EulerDiscreteScheduler(_SigmaFamily):
