@@ -8,6 +8,7 @@ kept model outputs. Orders warm up from the first step taken (so a mid-list star
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -106,8 +107,8 @@ class _LambdaMultistep(DropIn):
             sig = np.interp(ts, np.arange(0, len(base)), base)
         else:
             clipped = int(torch.searchsorted(torch.flip(self.lambda_t, [0]), cfg.lambda_min_clipped))
-            ts = spaced(n, self.own("timestep_spacing", "linspace"), cfg.num_train_timesteps, self.own("steps_offset", 0),
-                        points=cfg.num_train_timesteps - clipped)
+            ts = spaced(n, self.own("timestep_spacing", "linspace"), cfg.num_train_timesteps,
+                        self.own("steps_offset", 0), points=cfg.num_train_timesteps - clipped)
             sig = np.interp(ts, np.arange(0, len(base)), base)
             if self._kind:
                 sig = converted_sigmas(self._kind, np.flip(base).copy(), n, cfg.get("sigma_min"), cfg.get("sigma_max"))
