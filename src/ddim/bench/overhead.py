@@ -168,6 +168,43 @@ def solver_overhead(steps: int = 20, repeat: int = 7, device: str = "cpu") -> st
     return "\n".join(lines)
 
 
+def dropin_overhead(steps: int = 20, repeat: int = 5, device: str = "cpu", batch: int = 1) -> str:
+    """Per-step cost of each drop-in scheduler's own work beside diffusers' class of the same name, same run:
+    the pipeline loop (set_timesteps, scale_model_input, step) on replayed outputs, a (batch, 4, 8, 8) latent."""
+    import diffusers
+    from diffusers.utils import logging as dlogging
+
+    from ..io import schedulers as ours
+
+    dlogging.set_verbosity_error()
+    x = torch.randn(batch, 4, 8, 8, device=device)
+    outs = [torch.randn_like(x) * 0.1 for _ in range(2 * steps + 2)]
+    lines = ["| drop-in | ours µs/step | diffusers µs/step | diffusers / ours |", "|---|---:|---:|---:|"]
+
+    def loop(s: Any) -> None:
+        s.set_timesteps(steps)
+        y = x * getattr(s, "init_noise_sigma", 1.0)
+        g = torch.Generator(device=device).manual_seed(0)
+        kw = {"generator": g} if "generator" in s.step.__code__.co_varnames else {}
+        scale = getattr(s, "scale_model_input", None)
+        for i, t in enumerate(s.timesteps):
+            if scale is not None:
+                scale(y, t)
+            y = s.step(outs[i], t, y, **kw).prev_sample
+
+    for name in ours.__all__:
+        n_calls = len(_timesteps_of(getattr(ours, name)(), steps))
+        mine = _timeit(lambda name=name: loop(getattr(ours, name)()), repeat) / n_calls * 1e6
+        theirs = _timeit(lambda name=name: loop(getattr(diffusers, name)()), repeat) / n_calls * 1e6
+        lines.append(f"| {name} | {mine:.1f} | {theirs:.1f} | {theirs / mine:.2f}× |")
+    return "\n".join(lines)
+
+
+def _timesteps_of(s: Any, steps: int) -> torch.Tensor:
+    s.set_timesteps(steps)
+    return s.timesteps
+
+
 def invariance_cost(steps: int = 20, repeat: int = 3, device: str = "cpu", quick: bool = False,
                     chunks: tuple[int, ...] = (8, 16, 32, 64)) -> str:
     """Wall time of batch-invariant DDIM (fixed-size network calls of `chunk` rows, the last chunk padded)
@@ -202,5 +239,8 @@ def overhead_report(quick: bool = False, steps: int = 50, device: str = "cpu") -
                     batches=(1,) if quick else (1, 1024))
     text = format_overhead(rows, ddpm_vs_ddim(device=device, repeat=1 if quick else 3))
     inv = invariance_cost(steps=20, repeat=repeat, device=device, quick=quick)
+    drop = dropin_overhead(steps=20, repeat=repeat, device=device)
     return (text + "\n\n" + solver_overhead(steps=steps, repeat=repeat, device=device)
+            + "\n\nDrop-in schedulers in a pipeline loop (20 steps, a 1×4×8×8 latent, outputs replayed; each step "
+              "call including set_timesteps' share):\n\n" + drop
             + "\n\nBatch-invariant mode (DDIM, 20 steps; wall time over the plain mode's, same run):\n\n" + inv)

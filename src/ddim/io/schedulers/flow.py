@@ -161,6 +161,7 @@ class FlowMatchEulerDiscreteScheduler(_FlowFamily):
         else:
             s32 = torch.cat([s32, torch.zeros(1, device=s32.device)])
         self.timesteps, self.sigmas = ts, s32
+        self._s = s32.tolist()  # Python floats for the steps (σ stay a CPU tensor, as diffusers')
         self._step_index = self._begin_index = None
 
     def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor,
@@ -183,12 +184,14 @@ class FlowMatchEulerDiscreteScheduler(_FlowFamily):
             dt = cur - nxt
         else:
             i = self._step_index
-            cur, nxt = float(self.sigmas[i]), float(self.sigmas[i + 1])
+            cur, nxt = self._s[i], self._s[i + 1]
             dt = nxt - cur
         if self.config.stochastic_sampling:
             x0 = x - cur * model_output
             z = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             prev = (1.0 - nxt) * x0 + nxt * z
+        elif per_token_timesteps is None:
+            prev = torch.add(x, model_output, alpha=dt)
         else:
             prev = x + dt * model_output
         self._step_index += 1
@@ -223,6 +226,7 @@ class FlowMatchHeunDiscreteScheduler(_FlowFamily):
         self.timesteps = torch.cat([ts[:1], ts[1:].repeat_interleave(2)]).to(device=device)
         sig = torch.cat([sig, torch.zeros(1)])
         self.sigmas = torch.cat([sig[:1], sig[1:-1].repeat_interleave(2), sig[-1:]])
+        self._s = self.sigmas.tolist()
         self._first = None
         self._step_index = self._begin_index = None
 
@@ -239,22 +243,22 @@ class FlowMatchHeunDiscreteScheduler(_FlowFamily):
         i = self._step_index
         x = sample.to(torch.float32)
         first = self._first is None
-        sigma = float(self.sigmas[i] if first else self.sigmas[i - 1])
-        sigma_next = float(self.sigmas[i + 1] if first else self.sigmas[i])
+        sigma = self._s[i] if first else self._s[i - 1]
+        sigma_next = self._s[i + 1] if first else self._s[i]
         gamma = min(s_churn / (len(self.sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
         sigma_hat = sigma * (gamma + 1)
         if gamma > 0:
             z = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
                              generator=generator)
             x = x + z * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
-        if first:
+        if first:  # the velocity u = (x − x̂0)/σ̂ with x̂0 = x − σ u (diffusers' arithmetic, kept for its bits)
             d = (x - (x - model_output * sigma)) / sigma_hat
             self._first = (x, d, sigma_next - sigma_hat)
-            prev = x + d * (sigma_next - sigma_hat)
+            prev = torch.add(x, d, alpha=sigma_next - sigma_hat)
         else:
             x_start, d0, dt = self._first
             d = (x - (x - model_output * sigma_next)) / sigma_next
-            prev = x_start + 0.5 * (d0 + d) * dt
+            prev = torch.add(x_start, d0.add_(d), alpha=0.5 * dt)
             self._first = None
         self._step_index += 1
         prev = prev.to(model_output.dtype)

@@ -86,7 +86,9 @@ class _SigmaFamily(DropIn):
         self.timesteps = torch.from_numpy(np.asarray(ts).astype(np.float32)).to(device=device)
         self._step_index = self._begin_index = None
         s64 = self.sigmas.double().tolist()
+        self._s = s64  # Python floats: no tensor indexing or host reads per step
         self._x0w = [self._weights(s) for s in s64]
+        self._in = [1.0 / math.sqrt(s * s + 1.0) for s in s64]
 
     def _weights(self, s: float) -> tuple[float, float]:
         """(k1, k2) with x̂0 = k1 y + k2 out at EDM σ = s (x = α y on the VP path)."""
@@ -112,9 +114,11 @@ class _SigmaFamily(DropIn):
         """x = y/sqrt(σ² + 1): the network's input for the sample in EDM variables."""
         if self._step_index is None:
             self._init_step_index(timestep)
-        sigma = self.sigmas[self._step_index]
         self.is_scale_input_called = True
-        return sample / ((sigma**2 + 1) ** 0.5)
+        if self.num_inference_steps is None:  # before set_timesteps: the training list
+            sigma = self.sigmas[self._step_index]
+            return sample / ((sigma**2 + 1) ** 0.5)
+        return sample * self._in[self._step_index]
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
                   ) -> torch.Tensor:
@@ -221,18 +225,19 @@ class EulerDiscreteScheduler(_SigmaFamily):
             self._init_step_index(timestep)
         i = self._step_index
         y = sample.to(torch.float32)
-        sigma = float(self.sigmas[i])
+        sigma = self._s[i]
         gamma = min(s_churn / (len(self.sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
         sigma_hat = sigma * (gamma + 1)
         if gamma > 0:
             z = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
                              generator=generator)
             y = y + z * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
-        if self.config.prediction_type == "epsilon":
-            x0 = y - sigma_hat * model_output  # ε̂ taken at the raised level
+        if self.config.prediction_type == "epsilon":  # ε̂ at the raised level: y' = y + (σ' − σ̂) ε̂
+            x0 = torch.add(y, model_output, alpha=-sigma_hat)
+            prev = torch.add(y, model_output, alpha=self._s[i + 1] - sigma_hat)
         else:
             x0 = self._x0(model_output, y, i)
-        prev = y + (y - x0) * ((float(self.sigmas[i + 1]) - sigma_hat) / sigma_hat)
+            prev = torch.add(y, torch.sub(y, x0), alpha=(self._s[i + 1] - sigma_hat) / sigma_hat)
         self._step_index += 1
         prev = prev.to(model_output.dtype)
         if not return_dict:
@@ -277,11 +282,11 @@ class EulerAncestralDiscreteScheduler(_SigmaFamily):
         i = self._step_index
         y = sample.to(torch.float32)
         x0 = self._x0(model_output, y, i)
-        sigma = float(self.sigmas[i])
+        sigma = self._s[i]
         down, up = self._split[i]
-        prev = y + (y - x0) * ((down - sigma) / sigma)
+        prev = torch.add(y, torch.sub(y, x0), alpha=(down - sigma) / sigma)
         z = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device, generator=generator)
-        prev = (prev + z * up).to(model_output.dtype)
+        prev = prev.add_(z, alpha=up).to(model_output.dtype)
         self._step_index += 1
         if not return_dict:
             return prev, x0
@@ -341,17 +346,16 @@ class HeunDiscreteScheduler(_SigmaFamily):
         if self._step_index is None:
             self._init_step_index(timestep)
         i = self._step_index
+        x0 = self._x0(model_output, sample, i)
         if self._first is None:
-            sigma, sigma_next = float(self.sigmas[i]), float(self.sigmas[i + 1])
-            x0 = self._x0(model_output, sample, i)
-            d = (sample - x0) / sigma
+            sigma, sigma_next = self._s[i], self._s[i + 1]
+            d = torch.sub(sample, x0).div_(sigma)
             self._first = (sample, d, sigma_next - sigma)
-            prev = sample + d * (sigma_next - sigma)
+            prev = torch.add(sample, d, alpha=sigma_next - sigma)
         else:
-            x0 = self._x0(model_output, sample, i)
             y0, d0, dt = self._first
-            d = (sample - x0) / float(self.sigmas[i])
-            prev = y0 + (d0 + d) / 2 * dt
+            d = torch.sub(sample, x0).div_(self._s[i])
+            prev = torch.add(y0, d0.add_(d), alpha=0.5 * dt)
             self._first = None
         self._step_index += 1
         if not return_dict:
