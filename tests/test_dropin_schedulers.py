@@ -429,3 +429,19 @@ def test_difference_epsilon_at_zero_terminal_snr_is_refused():
     s.set_timesteps(4)
     with pytest.raises(UsageError, match="zero terminal SNR"):
         s.step(torch.zeros(1, 4, 2, 2), s.timesteps[0], torch.zeros(1, 4, 2, 2))
+
+
+def test_difference_ddpm_last_step_adds_no_noise():
+    """DDPM on a list ending at t > 0 (trailing): diffusers adds noise on the last step (std sqrt(β) with
+    fixed_large); ours ends on the data, so the last step does not depend on the generator."""
+    outs = []
+    for seed in (1, 2):
+        s = ours.DDPMScheduler(variance_type="fixed_large", timestep_spacing="trailing")
+        s.set_timesteps(10)
+        x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+        t = s.timesteps[-1]
+        outs.append(s.step(_model(x, t), t, x, generator=torch.Generator().manual_seed(seed)).prev_sample)
+    assert torch.equal(outs[0], outs[1])
+    a = _run(ours.DDPMScheduler(variance_type="fixed_large", timestep_spacing="trailing"), 10)
+    b = _run(diffusers.DDPMScheduler(variance_type="fixed_large", timestep_spacing="trailing"), 10)
+    assert _rel(a, b) > 1e-3

@@ -133,9 +133,14 @@ def flow_path_from_config(config: dict[str, Any], where: str = "scheduler config
             want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise UsageError(f"{where}: {key} must be {want}, got {_shown(v)}")
         c[key] = v
-    for key in ("invert_sigmas", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"):
+    if c["invert_sigmas"]:
+        raise UsageError(f"{where}: invert_sigmas (an increasing σ list) cannot drive ddim's samplers; the drop-in "
+                         "ddim.diffusers.FlowMatchEulerDiscreteScheduler takes it")
+    for key in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"):
         if c[key]:
-            raise UsageError(f"{where}: {key} is not supported for flow models (use --spacing karras instead)")
+            raise UsageError(f"{where}: {key} is not read when ddim samples a flow model: ask for the spacing "
+                             "(spacing='karras' in the API, --spacing karras in the CLI); the drop-in "
+                             "ddim.diffusers.FlowMatchEulerDiscreteScheduler takes the key")
     mu = None
     if c["use_dynamic_shifting"] and image_seq_len is not None:
         mu = calculate_shift(image_seq_len, c["base_image_seq_len"] or 256, c["max_image_seq_len"] or 4096,
