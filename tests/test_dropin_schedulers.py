@@ -445,3 +445,34 @@ def test_difference_ddpm_last_step_adds_no_noise():
     a = _run(ours.DDPMScheduler(variance_type="fixed_large", timestep_spacing="trailing"), 10)
     b = _run(diffusers.DDPMScheduler(variance_type="fixed_large", timestep_spacing="trailing"), 10)
     assert _rel(a, b) > 1e-3
+
+
+def test_ddpm_learned_variances_and_unipc_solver_p_equal_diffusers():
+    """DDPM with a learned (range) variance read from the second half of the output channels; UniPC as the
+    corrector of another scheduler's predictor (solver_p)."""
+    for vt in ("learned", "learned_range"):
+        outs = []
+        for mod in (ours, diffusers):
+            s = mod.DDPMScheduler(variance_type=vt)
+            s.set_timesteps(8)
+            x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+            g = torch.Generator().manual_seed(1)
+            for t in s.timesteps:
+                out = torch.cat([_model(x, t), torch.tanh(x) * 0.5 + (0.2 if vt == "learned" else 0.0)], dim=1)
+                if vt == "learned":
+                    out[:, 3:] = out[:, 3:].abs() * 1e-3
+                x = s.step(out, t, x, generator=g).prev_sample
+            outs.append(x)
+        assert _rel(outs[0], outs[1]) < 1e-5, vt
+    a = _run(ours.UniPCMultistepScheduler(solver_p=ours.DDIMScheduler()), 8)
+    b = _run(diffusers.UniPCMultistepScheduler(solver_p=diffusers.DDIMScheduler()), 8)
+    assert _rel(a, b) < 1e-5
+
+
+def test_difference_tcd_applies_its_clipping_keys():
+    """TCD's clip_sample / thresholding keys: diffusers accepts them and never applies them; ours clips x̂0 as
+    the keys say (no key is silently ignored). Without them the two agree (the trajectory cases above)."""
+    a = _run(ours.TCDScheduler(clip_sample=True, clip_sample_range=0.5), 4)
+    b = _run(diffusers.TCDScheduler(clip_sample=True, clip_sample_range=0.5), 4)
+    c = _run(diffusers.TCDScheduler(), 4)
+    assert torch.equal(b, c) and _rel(a, b) > 1e-3

@@ -139,7 +139,7 @@ class DDIMScheduler(_GridFamily):
     ) -> None:
         check_choice("timestep_spacing", timestep_spacing, ("linspace", "leading", "trailing"))
         self._setup_grid(set_alpha_to_one, timestep_spacing)
-        self._plans: dict[float, FirstOrderPlan] = {}
+        self._plans: dict[Any, FirstOrderPlan] = {}
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int | np.integer) or \
@@ -154,13 +154,20 @@ class DDIMScheduler(_GridFamily):
              variance_noise: torch.Tensor | None = None, return_dict: bool = True
              ) -> DDIMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
         """One DDIM step (eq. 12) from `timestep` to the next entry of the list: the same plan and update as
-        `ddim.sample(sampler="ddim")`."""
-        i = self._position(timestep)
+        `ddim.sample(sampler="ddim")`. A timestep off the list (another scheduler driving this one, e.g. UniPC's
+        solver_p) steps to t − T//n, as diffusers does for every step."""
+        self._require_timesteps()
         if generator is not None and variance_noise is not None:
             raise UsageError("pass either generator or variance_noise, not both")
-        plan = self._plans.get(float(eta))
+        t = int(timestep)
+        if t in self._index:
+            i, key, ts = self._index[t], float(eta), self._ts
+        else:
+            prev = t - self.config.num_train_timesteps // self.num_inference_steps
+            i, key, ts = 0, (float(eta), t), torch.tensor([t, prev] if prev >= 0 else [t])
+        plan = self._plans.get(key)
         if plan is None:  # once per η and list, not per step
-            plan = self._plans[float(eta)] = ddim_plan(self._den, self._ts, float(eta))
+            plan = self._plans[key] = ddim_plan(self._den, ts, float(eta))
         z = None
         if plan.sigma[i] > 0:
             z = variance_noise if variance_noise is not None else randn_tensor(
