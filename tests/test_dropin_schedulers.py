@@ -30,6 +30,7 @@ def _model(x: torch.Tensor, t) -> torch.Tensor:
 def _run(s, n=10, begin=0, shape=(2, 4, 8, 8), dtype=torch.float32, set_kw=None, step_kw=None):
     """The loop a pipeline runs: set_timesteps, x_T · init_noise_sigma, scale_model_input, step (from `begin`)."""
     s.set_timesteps(**(set_kw or {"num_inference_steps": n}))
+    torch.manual_seed(1234)  # DPMSolverSDEScheduler without noise_sampler_seed draws its tree seed from here
     x = (torch.randn(shape, generator=torch.Generator().manual_seed(0)) * getattr(s, "init_noise_sigma", 1.0)
          ).to(dtype)
     g = torch.Generator().manual_seed(1)
@@ -102,12 +103,14 @@ CASES = {
                                         dict(use_beta_sigmas=True), dict(invert_sigmas=True),
                                         dict(stochastic_sampling=True, shift=3.0), dict(num_train_timesteps=20)],
     "FlowMatchHeunDiscreteScheduler": [{}, dict(shift=3.0), dict(num_train_timesteps=20)],
+    "DPMSolverSDEScheduler": [dict(c, noise_sampler_seed=3) for c in [*COMMON, *SIGMAS] if
+                              c.get("prediction_type") != "sample"] + [{}],
 }
 FEW = ("LCMScheduler", "TCDScheduler")
 
 
 def test_every_drop_in_has_diffusers_constructor_keys_and_defaults():
-    assert len(NAMES) == 13  # every requested drop-in but DPMSolverSDEScheduler (see the README)
+    assert len(NAMES) == 14
     for name in NAMES:
         theirs = inspect.signature(getattr(diffusers, name).__init__).parameters
         mine = inspect.signature(getattr(ours, name).__init__).parameters

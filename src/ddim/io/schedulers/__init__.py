@@ -3,10 +3,14 @@
 from .dpm import DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler, UniPCMultistepScheduler
 from .flow import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 from .grid import DDIMScheduler, DDPMScheduler, LCMScheduler, PNDMScheduler, TCDScheduler
-from .karras import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
+from .karras import (
+    DPMSolverSDEScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+)
 
-__all__ = ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
-           "EulerAncestralDiscreteScheduler",
-           "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler",
-           "HeunDiscreteScheduler", "LCMScheduler", "PNDMScheduler",
-           "TCDScheduler", "UniPCMultistepScheduler"]
+__all__ = ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSDEScheduler",
+           "DPMSolverSinglestepScheduler", "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler",
+           "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "HeunDiscreteScheduler",
+           "LCMScheduler", "PNDMScheduler", "TCDScheduler", "UniPCMultistepScheduler"]

@@ -190,18 +190,20 @@ def schedule_of(alphas_cumprod: torch.Tensor, **kw: Any) -> NoiseSchedule:
 
 
 # ------------------------------------------------------------------------------------ σ lists
-def spaced(n: int, spacing: str, T: int, steps_offset: int, points: int | None = None) -> np.ndarray:
+def spaced(n: int, spacing: str, T: int, steps_offset: int, points: int | None = None,
+           dtype: type = np.float32) -> np.ndarray:
     """diffusers' integer-or-float timestep lists for n steps (decreasing); `points` = n + 1 for the
-    DPM-Solver family, which spaces n + 1 points and drops the last (t = 0)."""
+    DPM-Solver family, which spaces n + 1 points and drops the last (t = 0); `dtype` of the float lists
+    (DPMSolverSDEScheduler computes them in float64, the others in float32)."""
     check_choice("timestep_spacing", spacing, SPACINGS)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UsageError(f"num_inference_steps must be an integer >= 1, got {n!r}")
     if points is None:
         if spacing == "linspace":
-            return np.linspace(0, T - 1, n, dtype=np.float32)[::-1].copy()
+            return np.linspace(0, T - 1, n, dtype=dtype)[::-1].copy()
         if spacing == "leading":
-            return (np.arange(0, n) * (T // n)).round()[::-1].copy().astype(np.float32) + steps_offset
-        return np.arange(T, 0, -T / n).round().copy().astype(np.float32) - 1
+            return (np.arange(0, n) * (T // n)).round()[::-1].copy().astype(dtype) + steps_offset
+        return np.arange(T, 0, -T / n).round().copy().astype(dtype) - 1
     last = points  # the DPM family's last timestep (T unless λ is clipped)
     if spacing == "linspace":
         return np.linspace(0, last - 1, n + 1).round()[::-1][:-1].copy().astype(np.int64)

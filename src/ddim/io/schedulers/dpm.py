@@ -44,15 +44,14 @@ class _LambdaMultistep(DropIn):
 
     _round_karras = False  # the singlestep solver rounds Karras timesteps for every β schedule
 
-    def _setup_common(self, solver_order: int) -> None:
+    def _setup_common(self, solver_order: int, time_shifts: tuple[str, ...] = ("exponential",)) -> None:
         cfg = self.config
         check_choice("prediction_type", cfg.prediction_type, PREDICTIONS)
         if cfg.prediction_type == "flow_prediction" and not cfg.use_flow_sigmas:
             refuse("prediction_type", "flow_prediction needs use_flow_sigmas=True (the flow path)")
         if isinstance(solver_order, bool) or solver_order not in (1, 2, 3):
             refuse("solver_order", f"must be 1, 2 or 3, got {solver_order!r}")
-        if cfg.time_shift_type != "exponential":
-            refuse("time_shift_type", f"only 'exponential' is defined for this scheduler, got {cfg.time_shift_type!r}")
+        check_choice("time_shift_type", cfg.time_shift_type, time_shifts)
         if cfg.final_sigmas_type not in ("zero", "sigma_min"):
             refuse("final_sigmas_type", f"must be 'zero' or 'sigma_min', got {cfg.final_sigmas_type!r}")
         if not 0.0 <= float(cfg.dynamic_thresholding_ratio) <= 1.0:
@@ -462,11 +461,7 @@ class UniPCMultistepScheduler(_LambdaMultistep):
         bad = [i for i in disable_corrector if isinstance(i, bool) or not isinstance(i, int)]
         if bad:
             refuse("disable_corrector", f"must be a list of step indices, got {disable_corrector!r}")
-        if time_shift_type not in ("exponential", "linear"):
-            refuse("time_shift_type", f"must be 'exponential' or 'linear', got {time_shift_type!r}")
-        self.register_to_config(time_shift_type="exponential")  # checked above; the shared checks see a valid one
-        self._setup_common(solver_order)
-        self.register_to_config(time_shift_type=time_shift_type)
+        self._setup_common(solver_order, ("exponential", "linear"))
         self.predict_x0 = predict_x0
         self.disable_corrector = list(disable_corrector)
         self.solver_p = solver_p

@@ -10,6 +10,7 @@ part), Heun (Karras Alg. 1) averages the slopes at both ends, the ancestral step
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -60,9 +61,11 @@ class _SigmaFamily(DropIn):
         m = self.sigmas.max()
         return m if self.config.timestep_spacing in ("linspace", "trailing") else (m**2 + 1) ** 0.5
 
+    _list_dtype: type = np.float32  # the dtype diffusers builds this class's timestep list in
+
     def _spaced(self, n: int, T: int | None = None) -> np.ndarray:
         cfg = self.config
-        return spaced(n, cfg.timestep_spacing, T or cfg.num_train_timesteps, cfg.steps_offset)
+        return spaced(n, cfg.timestep_spacing, T or cfg.num_train_timesteps, cfg.steps_offset, dtype=self._list_dtype)
 
     def _from_timesteps(self, ts: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(timesteps, σ) for a float timestep list: σ interpolated linearly in t, then Karras/exponential/beta."""
@@ -357,6 +360,133 @@ class HeunDiscreteScheduler(_SigmaFamily):
             d = torch.sub(sample, x0).div_(self._s[i])
             prev = torch.add(y0, d0.add_(d), alpha=0.5 * dt)
             self._first = None
+        self._step_index += 1
+        if not return_dict:
+            return prev, x0
+        return EulerDiscreteSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+
+
+class _BrownianNoise:
+    """Normalised Brownian increments W(σ, σ')/sqrt|σ' − σ| from one torchsde Brownian interval per seed, built as
+    diffusers' (k-diffusion's) BrownianTreeNoiseSampler builds them, so the same seed gives the same bits."""
+
+    def __init__(self, x: torch.Tensor, sigma_min: float, sigma_max: float, seed: int | list[int] | None) -> None:
+        try:
+            import torchsde
+        except ImportError:
+            raise UsageError("DPMSolverSDEScheduler draws Brownian-tree noise with torchsde: "
+                             "pip install 'ddim[sde]'") from None
+        t0, t1 = torch.as_tensor(sigma_min), torch.as_tensor(sigma_max)
+        if seed is None:
+            seed = torch.randint(0, 2**63 - 1, []).item()
+        w0 = torch.zeros_like(x)
+        self.batched = isinstance(seed, list | tuple)
+        if self.batched:
+            if len(seed) != x.shape[0]:
+                refuse("noise_sampler_seed", f"a list needs one seed per sample ({x.shape[0]}), got {len(seed)}")
+            w0 = w0[0]
+        seeds = list(seed) if self.batched else [seed]
+        self.trees = [torchsde.BrownianInterval(t0=t0, t1=t1, size=w0.shape, dtype=w0.dtype, device=w0.device,
+                                                entropy=s, tol=1e-6, pool_size=24, halfway_tree=True)
+                      for s in seeds]
+
+    def __call__(self, sigma: torch.Tensor | float, sigma_next: torch.Tensor | float) -> torch.Tensor:
+        a, b = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
+        lo, hi, sign = (a, b, 1.0) if a < b else (b, a, -1.0)
+        with warnings.catch_warnings():  # torchsde notes float32 query points one ulp outside its interval
+            warnings.simplefilter("ignore", UserWarning)
+            w = torch.stack([tree(lo, hi) for tree in self.trees]) * sign
+        w = w if self.batched else w[0]
+        return w / (b - a).abs().sqrt()
+
+
+class DPMSolverSDEScheduler(_SigmaFamily):
+    """DPM-Solver++(2S) SDE (k-diffusion's sample_dpmpp_sde, r = 1/2): each step an ancestral DDIM (η = 0)
+    step to the log-σ midpoint with Brownian noise, then one from the start with the midpoint's x̂0; the noise is
+    a torchsde Brownian tree seeded by `noise_sampler_seed` (the `ddim[sde]` extra)."""
+
+    order = 2
+    _predictions = ("epsilon", "v_prediction")
+    _list_dtype = np.float64
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        prediction_type: str = "epsilon",
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        noise_sampler_seed: int | None = None,
+        timestep_spacing: str = "linspace",
+        steps_offset: int = 0,
+    ) -> None:
+        self._setup_sigmas()
+        self.noise_sampler: _BrownianNoise | None = None
+        self.sample: torch.Tensor | None = None
+        self.mid_point_sigma: float | None = None
+
+    @property
+    def state_in_first_order(self) -> bool:
+        return self.sample is None
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None,
+                      num_train_timesteps: int | None = None) -> None:
+        """diffusers' list: each level but the first twice, the second time at the log-σ midpoint's timestep."""
+        n = num_inference_steps
+        self.num_inference_steps = n
+        ts, sig = self._from_timesteps(self._spaced(n, num_train_timesteps), n)
+        log_sigmas = np.log(train_sigmas(self.alphas_cumprod))
+        lam = -np.log(sig)
+        mid = np.array([sigma_to_t(s, log_sigmas) for s in np.exp(-(lam[:-1] + np.diff(lam) * 0.5))])
+        s32 = torch.from_numpy(np.concatenate([sig, [0.0]]).astype(np.float32))
+        t = torch.from_numpy(np.asarray(ts, dtype=np.float64))
+        t = torch.cat([t[:1], t[1:].repeat_interleave(2)])
+        t[1::2] = torch.from_numpy(mid)
+        self._store(t.numpy(), torch.cat([s32[:1], s32[1:-1].repeat_interleave(2), s32[-1:]]).numpy(), device)
+        self.timesteps = t.to(device=device)  # float64, as diffusers keeps it
+        self.sample, self.mid_point_sigma, self.noise_sampler = None, None, None
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor) -> torch.Tensor:
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        s = self._s[self._step_index] if self.state_in_first_order else self.mid_point_sigma
+        return sample / ((s * s + 1) ** 0.5)
+
+    def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor,
+             return_dict: bool = True, s_noise: float = 1.0
+             ) -> EulerDiscreteSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+        self._require_timesteps()
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        if self.noise_sampler is None:
+            pos = [s for s in self._s if s > 0]
+            self.noise_sampler = _BrownianNoise(sample, min(pos), max(pos), self.config.noise_sampler_seed)
+        i, first = self._step_index, self.state_in_first_order
+        s_t, s_n = (self.sigmas[i], self.sigmas[i + 1]) if first else (self.sigmas[i - 1], self.sigmas[i])
+        # the levels in float32 tensor arithmetic, as diffusers queries its Brownian tree: a Brownian path is
+        # rough, so a query point one float32 ulp away gives a visibly different increment
+        lam, lam_n = -s_t.log(), -s_n.log()
+        mid_t = (-(lam + (lam_n - lam) * 0.5)).exp()
+        sigma, sigma_next, mid = float(s_t), float(s_n), float(mid_t)
+        at = sigma if first else mid
+        a, sv = vp_pair(at)
+        k1, k2 = x0_weights(self.config.prediction_type, a, sv)
+        x0 = torch.add(sample * (k1 * a), model_output, alpha=k2)
+        if sigma_next == 0:
+            prev = torch.add(sample, torch.sub(sample, x0), alpha=-1.0)  # Euler onto σ = 0: x̂0
+        else:
+            start = sample if first else self.sample
+            s_from = (-lam).exp()
+            s_to = (-(lam + (lam_n - lam) * 0.5)).exp() if first else (-lam_n).exp()
+            down, up = ancestral_split(float(s_from), float(s_to))
+            prev = torch.add(start * (down / float(s_from)), x0, alpha=1.0 - down / float(s_from))
+            prev = prev + self.noise_sampler(s_from, s_to) * (s_noise * up)
+            self.sample, self.mid_point_sigma = (start, float(s_to)) if first else (None, None)
         self._step_index += 1
         if not return_dict:
             return prev, x0
