@@ -2,6 +2,7 @@
 the right stationary distribution on the exact mixture), consistency sampling, schedule search."""
 
 
+import numpy as np
 import pytest
 import torch
 
@@ -334,3 +335,18 @@ def test_fewstep_bench_adds_a_reflowed_flow_model_with_its_calibrated_sampler(tm
     rows = [line for line in text.splitlines() if line.startswith("| reflowed flow |")]
     assert [r.split("|")[2].strip() for r in rows] == ["1", "2", "4"]
     assert "reflowed flow: `digits-flow`" in text
+
+
+def test_shipped_rectified_model_samples_at_its_measured_defaults():
+    """digits-rectified: a built-in flow model whose sampling.json picks the sampler and spacing per NFE; the
+    request API, and so the CLI and the server, sample it at 1, 2 and 4 NFE."""
+    from ddim.api import parse_request, run
+    from ddim.io.loader import load_model
+
+    m = load_model("digits-rectified")
+    assert m.denoiser.prediction_type == "flow_prediction"
+    assert m.defaults.best_for(4) == {"sampler": "unipc", "spacing": "karras", "steps": 4}
+    for steps in (1, 2, 4):
+        out = run(parse_request({"task": "sample", "model": "digits-rectified", "steps": steps, "n": 2, "seed": 0}))
+        assert out.main.shape[0] == 2 and np.isfinite(out.main).all()
+        assert out.stats.nfe == steps
