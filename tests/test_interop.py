@@ -77,8 +77,11 @@ def test_scheduler_contract(tmp_path):
     ref = TheirDDIM(timestep_spacing="trailing").add_noise(x0, noise, t)
     assert torch.allclose(s2.add_noise(x0, noise, t), ref, atol=1e-6)
     assert s2.scale_model_input(x0, 5) is x0 and s2.init_noise_sigma == 1.0 and s2.order == 1
-    with pytest.raises(ValueError, match="not in this scheduler's list"):
-        s2.step(noise, 998, x0)
+    theirs = TheirDDIM(timestep_spacing="trailing")  # a timestep off the list steps by t − T//n, as diffusers'
+    theirs.set_timesteps(10)
+    assert torch.allclose(s2.step(noise, 998, x0).prev_sample, theirs.step(noise, 998, x0).prev_sample, atol=1e-5)
+    with pytest.raises(ValueError, match="set_timesteps"):
+        DDIMScheduler().step(noise, 998, x0)
 
 
 def test_load_pipeline_folder_written_by_diffusers(unet, tmp_path):
