@@ -212,6 +212,13 @@ def spaced(n: int, spacing: str, T: int, steps_offset: int, points: int | None =
     return np.arange(last, 0, -T / n).round().copy().astype(np.int64) - 1
 
 
+def two_stage_lists(timesteps: torch.Tensor, sigmas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lists of a two-call-per-step scheduler (Heun, DPMSolverSDE): every level but the first twice, in
+    `timesteps` (n entries → 2n − 1) and `sigmas` (n + 1 with the final level → 2n)."""
+    return (torch.cat([timesteps[:1], timesteps[1:].repeat_interleave(2)]),
+            torch.cat([sigmas[:1], sigmas[1:-1].repeat_interleave(2), sigmas[-1:]]))
+
+
 def train_sigmas(alphas_cumprod: torch.Tensor) -> np.ndarray:
     """EDM's σ = sqrt((1 − ᾱ)/ᾱ) of every training step (float32, as diffusers)."""
     return np.array(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5)

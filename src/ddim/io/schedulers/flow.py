@@ -20,7 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ...core.errors import UsageError
 from ...core.path import FlowShift
-from .base import FLOW_COMPATIBLES, DropIn, check_choice, converted_sigmas, refuse, sigma_kind
+from .base import FLOW_COMPATIBLES, DropIn, check_choice, converted_sigmas, refuse, sigma_kind, two_stage_lists
 
 
 class _FlowFamily(DropIn):
@@ -222,10 +222,8 @@ class FlowMatchHeunDiscreteScheduler(_FlowFamily):
         fs = FlowShift(float(cfg.shift), num_train_timesteps=cfg.num_train_timesteps)
         t = np.linspace(self._sigma_to_t(self.sigma_max), self._sigma_to_t(self.sigma_min), num_inference_steps)
         sig = torch.from_numpy(fs.shift_list(t / cfg.num_train_timesteps, f32=False)).to(torch.float32)
-        ts = sig * cfg.num_train_timesteps
-        self.timesteps = torch.cat([ts[:1], ts[1:].repeat_interleave(2)]).to(device=device)
-        sig = torch.cat([sig, torch.zeros(1)])
-        self.sigmas = torch.cat([sig[:1], sig[1:-1].repeat_interleave(2), sig[-1:]])
+        ts, self.sigmas = two_stage_lists(sig * cfg.num_train_timesteps, torch.cat([sig, torch.zeros(1)]))
+        self.timesteps = ts.to(device=device)
         self._s = self.sigmas.tolist()
         self._first = None
         self._step_index = self._begin_index = None

@@ -31,6 +31,7 @@ from .base import (
     sigma_to_t,
     spaced,
     train_sigmas,
+    two_stage_lists,
     vp_pair,
     x0_weights,
 )
@@ -337,10 +338,9 @@ class HeunDiscreteScheduler(_SigmaFamily):
         n = len(ts)
         self.num_inference_steps = n
         ts, sig = self._from_timesteps(ts, n)
-        sig = torch.from_numpy(np.concatenate([sig, [0.0]]).astype(np.float32))
-        sig = torch.cat([sig[:1], sig[1:-1].repeat_interleave(2), sig[-1:]])
-        t = torch.from_numpy(np.asarray(ts).astype(np.float32))
-        self._store(torch.cat([t[:1], t[1:].repeat_interleave(2)]).numpy(), sig.numpy(), device)
+        t, sig = two_stage_lists(torch.from_numpy(np.asarray(ts).astype(np.float32)),
+                                 torch.from_numpy(np.concatenate([sig, [0.0]]).astype(np.float32)))
+        self._store(t.numpy(), sig.numpy(), device)
         self._first = None
 
     def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor,
@@ -443,11 +443,10 @@ class DPMSolverSDEScheduler(_SigmaFamily):
         log_sigmas = np.log(train_sigmas(self.alphas_cumprod))
         lam = -np.log(sig)
         mid = np.array([sigma_to_t(s, log_sigmas) for s in np.exp(-(lam[:-1] + np.diff(lam) * 0.5))])
-        s32 = torch.from_numpy(np.concatenate([sig, [0.0]]).astype(np.float32))
-        t = torch.from_numpy(np.asarray(ts, dtype=np.float64))
-        t = torch.cat([t[:1], t[1:].repeat_interleave(2)])
+        t, s32 = two_stage_lists(torch.from_numpy(np.asarray(ts, dtype=np.float64)),
+                                 torch.from_numpy(np.concatenate([sig, [0.0]]).astype(np.float32)))
         t[1::2] = torch.from_numpy(mid)
-        self._store(t.numpy(), torch.cat([s32[:1], s32[1:-1].repeat_interleave(2), s32[-1:]]).numpy(), device)
+        self._store(t.numpy(), s32.numpy(), device)
         self.timesteps = t.to(device=device)  # float64, as diffusers keeps it
         self.sample, self.mid_point_sigma, self.noise_sampler = None, None, None
 
