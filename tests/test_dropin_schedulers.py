@@ -385,10 +385,7 @@ def test_difference_next_list_entry_not_a_fixed_stride():
     for name, kw in (("DDIMScheduler", dict(timestep_spacing="linspace")),
                      ("PNDMScheduler", dict(timestep_spacing="linspace", skip_prk_steps=True))):
         a, b = _run(getattr(ours, name)(**kw), 10), _run(getattr(diffusers, name)(**kw), 10)
-        assert _rel(a, b) > 1e-3
-        s = getattr(ours, name)(**kw)
-        s.set_timesteps(10)
-        assert not torch.isnan(a).any()
+        assert _rel(a, b) > 1e-3 and torch.isfinite(a).all()
 
 
 def test_difference_pndm_v_prediction_converted_at_each_level():

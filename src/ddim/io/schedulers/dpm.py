@@ -143,11 +143,8 @@ class _LambdaMultistep(DropIn):
         self.lower_order_nums = 0
         self._step_index = self._begin_index = None
         pairs = [self._pair(float(s)) for s in sig.tolist()]
-        self._x0w = [x0_weights(self._conv_type(), a, s) for a, s in pairs[:-1]]
+        self._x0w = [x0_weights(self.config.prediction_type, a, s) for a, s in pairs[:-1]]
         return Levels.from_pairs(self.timesteps.tolist(), pairs)
-
-    def _conv_type(self) -> str:
-        return self.config.prediction_type
 
     def _missing_timestep(self, timestep: Any) -> int:
         return len(self.timesteps) - 1  # diffusers' multistep schedulers take the last entry

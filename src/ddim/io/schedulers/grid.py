@@ -173,7 +173,8 @@ class DDIMScheduler(_GridFamily):
             z = variance_noise if variance_noise is not None else randn_tensor(
                 model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
         prev, x0 = self._plan_step(plan, i, model_output, sample, z, use_clipped_model_output)
-        self._step_index = i + 1
+        if t in self._index:
+            self._step_index = i + 1
         return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0) if return_dict else (prev, x0)
 
 
@@ -273,12 +274,11 @@ class _ConsistencyFamily(_GridFamily):
 
     def _setup_consistency(self) -> None:
         cfg = self.config
-        T, orig = cfg.num_train_timesteps, cfg.original_inference_steps
+        orig = cfg.original_inference_steps
         if isinstance(orig, bool) or not isinstance(orig, int) or orig < 1:
             refuse("original_inference_steps", f"must be a positive integer, got {orig!r}")
         check_choice("timestep_spacing", cfg.timestep_spacing, ("linspace", "leading", "trailing"))
         self._setup_grid(cfg.set_alpha_to_one, "leading")
-        del T
 
     def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
                       original_inference_steps: int | None = None, timesteps: list[int] | None = None,
