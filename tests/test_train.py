@@ -230,7 +230,8 @@ def test_demo_quick_mode_writes_report(tmp_path):
 
 @pytest.mark.parametrize("extra", [{"data": "digits", "conditional": True}, {"data": "moons", "objective": "flow",
                                                                               "prediction_type": "flow",
-                                                                              "time_sampling": "logit_normal"}])
+                                                                              "time_sampling": "logit_normal"},
+                                   {"data": "digits", "objective": "meanflow", "prediction_type": "flow"}])
 def test_conditional_and_flow_runs_resume_bit_identically(tmp_path, extra):
     """Label dropout and flow-matching draws come from the run's generator: 12 steps straight equal 6 + resume 6."""
     base = {"steps": 12, "batch_size": 16, "checkpoint_every": 6, **extra}

@@ -20,9 +20,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                  "checkpoint_every": args.checkpoint_every, "image_size": args.image_size,
                  "hidden": args.hidden, "depth": args.depth, "label_dropout": args.label_dropout,
                  "objective": args.objective, "time_sampling": args.time_sampling, "shift": args.shift,
+                 "logit_mean": args.logit_mean, "logit_std": args.logit_std,
+                 "interval_fraction": args.interval_fraction, "init_from": args.init_from,
+                 "num_train_timesteps": args.num_train_timesteps, "adaptive_power": args.adaptive_power,
                  "conditional": True if args.conditional else None}
     given = {k: v for k, v in overrides.items() if v is not None}
-    if given.get("objective") in ("flow", "flow_matching"):
+    if given.get("objective") in ("flow", "flow_matching", "meanflow"):
         given.setdefault("prediction_type", "flow_prediction")
     cfg = TrainConfig.from_file(args.config, **given) if args.config else TrainConfig.from_dict(given, "flags")
     t0 = time.perf_counter()
@@ -128,7 +131,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     command = "ddim " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else f"ddim bench {args.suite}"
     run(args.suite, args.out, quick=args.quick, command=command, device=args.device, n=args.n,
-        steps_list=args.steps_list, steps=args.steps, seeds=args.seeds, reflowed=args.reflowed, model=args.model)
+        steps_list=args.steps_list, steps=args.steps, seeds=args.seeds, reflowed=args.reflowed, model=args.model,
+        meanflow=args.meanflow)
     return 0
 
 

@@ -124,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples per batch; more samples than this (or torchrun) are written as resumable shards "
                         "in OUT.shards/ (default: %(default)s)")
     p.add_argument("--out", default="samples.npy", help="output .npy file; a PNG is written beside it")
-    p.add_argument("--size", type=_positive_int, nargs=2, default=None, metavar=("H", "W"),
-                   help="image height and width (text-to-image folders: a multiple of the latent scale)")
+    p.add_argument("--size", nargs="+", default=None, metavar="WxH",
+                   help="image size as WIDTHxHEIGHT (the OpenAI images API's order, e.g. 1024x768), or H W; "
+                        "text-to-image folders: a multiple of the latent scale")
     p.add_argument("--keep-shards", action="store_true", help="keep OUT.shards/ after the merged file is written")
     p.set_defaults(func=cmd_request, task="sample")
 
@@ -143,10 +144,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_nonneg_int, default=None, help="seed of every random draw (default 0)")
     p.add_argument("--prediction-type", default=None, choices=["epsilon", "sample", "v_prediction"],
                    help="what the network predicts under the ddpm objective (default epsilon)")
-    p.add_argument("--objective", default=None, choices=["ddpm", "flow_matching", "flow"],
-                   help="ddpm (L_simple on a β schedule, default) or flow (flow matching, velocity ε − x0)")
+    p.add_argument("--objective", default=None, choices=["ddpm", "flow_matching", "flow", "meanflow"],
+                   help="ddpm (L_simple on a β schedule, default), flow (flow matching, velocity ε − x0) or "
+                        "meanflow (average velocity u(z, r, t): 1-8 step sampling, trained from scratch)")
+    p.add_argument("--num-train-timesteps", type=_positive_int, default=None,
+                   help="T: the ddpm grid size; flow objectives: the network sees t·T (default 1000)")
+    p.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="start from this model's weights (a flow model for meanflow: its interval embedding "
+                        "starts at zero)")
+    p.add_argument("--interval-fraction", type=float, default=None,
+                   help="meanflow: share of rows with r < t (default 0.25)")
+    p.add_argument("--adaptive-power", type=float, default=None,
+                   help="meanflow: p of the adaptive loss weight 1/(|Δ|² + c)^p, 0 = plain MSE (default 1)")
     p.add_argument("--time-sampling", default=None, choices=["uniform", "logit_normal"],
-                   help="flow: how t is drawn (default uniform; logit_normal as SD3)")
+                   help="flow, meanflow: how t is drawn (default uniform; logit_normal as SD3)")
+    p.add_argument("--logit-mean", type=float, default=None, help="logit_normal: mean m (default 0)")
+    p.add_argument("--logit-std", type=float, default=None, help="logit_normal: std s > 0 (default 1)")
     p.add_argument("--shift", type=float, default=None,
                    help="flow: σ-list shift s > 0 stored with the model, σ' = sσ/(1+(s−1)σ) (default 1)")
     p.add_argument("--schedule", default=None, choices=["linear", "scaled_linear", "cosine"],
@@ -363,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "fewstep: a consistency-distilled model to add")
     p.add_argument("--reflowed", default=None, metavar="MODEL",
                    help="flow / fewstep suites: a reflowed model (from ddim reflow) to compare at few NFE")
+    p.add_argument("--meanflow", default=None, metavar="MODEL",
+                   help="fewstep suite: a MeanFlow model (ddim train --objective meanflow) at 1 / 2 / 4 / 8 NFE")
     p.add_argument("--steps-list", type=_positive_int, nargs="+", default=None,
                    help="step counts for the quality suite (default: 10 20 50 100)")
     p.set_defaults(func=cmd_bench)

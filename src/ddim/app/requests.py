@@ -48,6 +48,24 @@ def _numbers(text: str, flag: str) -> list[float]:
         raise UsageError(f"{flag} takes comma-separated numbers, got {text!r}") from None
 
 
+def image_size(values: list[str] | None) -> list[int] | None:
+    """--size WIDTHxHEIGHT (one value, as the OpenAI images API writes it) or H W → [height, width]."""
+    if values is None:
+        return None
+    try:
+        if len(values) == 1 and "x" in values[0]:
+            w, h = (int(v) for v in values[0].split("x"))
+        elif len(values) == 2:
+            h, w = (int(v) for v in values)
+        else:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"--size takes WIDTHxHEIGHT (e.g. 1024x768) or H W, got {' '.join(values)!r}") from None
+    if h < 1 or w < 1:
+        raise UsageError(f"--size must be positive, got {' '.join(values)!r}")
+    return [h, w]
+
+
 def request_from_args(args: argparse.Namespace) -> Any:
     """The validated request a command's flags describe (the flags themselves are left as parsed)."""
     from ..api.request import parse_request
@@ -67,7 +85,9 @@ def request_from_args(args: argparse.Namespace) -> Any:
         d["prompt"] = list(args.prompt)
     if task == "sample":
         d.update(n=args.n, seed=args.seed, batch=args.batch, compile=args.compile,
-                 **_given(args, "sampler", "negative_prompt", "size"))
+                 **_given(args, "sampler", "negative_prompt"))
+        if args.size is not None:
+            d["size"] = image_size(args.size)
         return parse_request(d)
     d.update(data=args.input or args.data, n=args.n, **_given(args, "index"))
     if task == "invert":

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 from ..core.errors import UsageError
 
@@ -27,6 +29,20 @@ def peak_sampling_mb(model: str, batch: int, steps: int, *, sampler: str = "ddim
     return float(r.stdout.strip().splitlines()[-1])
 
 
+def diffusers_pipeline(folder: str, device: str = "cpu") -> Any:
+    """diffusers' own pipeline for a text-to-image folder (the class its model_index.json names), progress bar
+    off: what our runs are measured beside."""
+    import diffusers
+
+    from ..io.checkpoint import read_json
+
+    name = read_json(Path(folder) / "model_index.json").get("_class_name", "StableDiffusionPipeline")
+    kw = {"safety_checker": None, "requires_safety_checker": False} if name == "StableDiffusionPipeline" else {}
+    pipe = getattr(diffusers, name).from_pretrained(folder, **kw).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def _rss_mb(field: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -44,8 +60,7 @@ def _run_text_to_image(spec: dict):
     if spec["diffusers_scheduler"]:
         import diffusers
 
-        pipe = diffusers.StableDiffusionPipeline.from_pretrained(spec["model"], safety_checker=None,
-                                                                 requires_safety_checker=False).to(spec["device"])
+        pipe = diffusers_pipeline(spec["model"], spec["device"])
         pipe.scheduler = getattr(diffusers, spec["diffusers_scheduler"]).from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
 

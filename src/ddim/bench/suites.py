@@ -24,6 +24,7 @@ class BenchOptions:
     seeds: int = 3
     reflowed: str | None = None
     model: str | None = None
+    meanflow: str | None = None
 
 
 #: name → function(options) returning the report text (or the path of a report it wrote itself)
@@ -112,7 +113,8 @@ SUITES["flow"] = _flow  # the earlier name of flow-matching
 def _fewstep(o: BenchOptions) -> str:
     from .fewstep import fewstep_bench
 
-    return fewstep_bench(o.out, o.quick, o.command, n=o.n, seeds=o.seeds, consistency=o.model, reflowed=o.reflowed)
+    return fewstep_bench(o.out, o.quick, o.command, n=o.n, seeds=o.seeds, consistency=o.model, reflowed=o.reflowed,
+                         meanflow=o.meanflow)
 
 
 @suite("startup")

@@ -1,6 +1,7 @@
-"""`ddim bench speed --model SD_FOLDER`: the seeds' performance table measured on a Stable-Diffusion-format
-folder — DDPM-1000 against DDIM 100 / 50 / 20 and DPM-Solver++ 20 under CFG, ours beside diffusers'
-StableDiffusionPipeline in one run: time per image, sampler overhead over the network alone, peak memory."""
+"""`ddim bench speed --model FOLDER`: the seeds' performance table measured on a text-to-image folder (SD 1/2,
+SDXL) — DDPM-1000 against DDIM 100 / 50 / 20 and DPM-Solver++ 20 under CFG, ours beside the diffusers pipeline
+the folder names (StableDiffusionPipeline, StableDiffusionXLPipeline) in one run: time per image, sampler
+overhead over the network alone, peak memory."""
 
 from __future__ import annotations
 
@@ -34,15 +35,14 @@ def speed_text2image(out: Path, quick: bool, command: str, model: str, device: s
 
     from ..io.loader import load_model
     from ..ops.text_to_image import text_to_image
-    from .memory import peak_sampling_mb
+    from .memory import diffusers_pipeline, peak_sampling_mb
 
     m = load_model(model, device)
     lp = m.codec
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(model, safety_checker=None,
-                                                             requires_safety_checker=False).to(device)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = diffusers_pipeline(model, device)
     base_cfg = pipe.scheduler.config
-    emb = torch.cat([lp.encode_prompts([PROMPT]), lp.encode_prompts([""])]).to(device)
+    both = lp.condition([PROMPT, ""])
+    cond = {k: v.to(device) for k, v in both.items()}
     x = torch.randn(2, *lp.latent_shape, device=device)
     rows = []
     with torch.no_grad():
@@ -53,7 +53,7 @@ def speed_text2image(out: Path, quick: bool, command: str, model: str, device: s
             pipe.scheduler = getattr(diffusers, sched_name).from_config(base_cfg)
             pipe.scheduler.set_timesteps(steps)
             ts = pipe.scheduler.timesteps
-            t_net = _time(lambda ts=ts: [lp.unet(x, t, encoder_hidden_states=emb) for t in ts], repeat)
+            t_net = _time(lambda ts=ts: [lp.net(x, t, **cond) for t in ts], repeat)
             t_ours = _time(lambda s=sampler, n=steps: text_to_image(lp, PROMPT, 1, guidance=GUIDANCE, steps=n,
                                                                     sampler=s), repeat)
             t_theirs = _time(lambda n=steps: pipe(PROMPT, num_inference_steps=n, guidance_scale=GUIDANCE), repeat)
@@ -62,7 +62,7 @@ def speed_text2image(out: Path, quick: bool, command: str, model: str, device: s
             rows.append({"sampler": sampler, "steps": steps, "net": t_net, "ours": t_ours, "theirs": t_theirs,
                          "mem_ours": mem[0], "mem_theirs": mem[1]})
     c, h, w = lp.latent_shape
-    lines = [header("Text-to-image speed and memory (Stable-Diffusion-format folder)", command),
+    lines = [header(f"Text-to-image speed and memory ({m.format} folder, beside {type(pipe).__name__})", command),
              f"Folder `{model}`: latents {c}×{h}×{w} (images {lp.image_shape[1]}×{lp.image_shape[2]}), UNet blocks "
              f"{', '.join(lp.unet.config.down_block_types)}, one image, "
              f"prompt {PROMPT!r}, CFG {GUIDANCE} (the conditional and unconditional branches in one call on the "

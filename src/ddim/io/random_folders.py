@@ -4,6 +4,7 @@ folder built with diffusers' and transformers' own classes and saved with `save_
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,25 +18,13 @@ def random_folder(out: str | Path, *, latent_size: int = 8, prediction_type: str
     character-level tokenizer, UNet2DConditionModel, AutoencoderKL with a 2× latent scale, DDIM scheduler with
     SD's β schedule): for tests and benchmarks, nothing downloaded. `low_res_attention` puts the attention
     blocks at half the latent resolution (8× cheaper per call at 64×64 latents on a CPU)."""
-    import json
-
     transformers = require_transformers()
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
     out = Path(out)
-    tok_dir = out.with_name(out.name + ".tokenizer-src")
-    tok_dir.mkdir(parents=True, exist_ok=True)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in "abcdefghijklmnopqrstuvwxyz":
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
-    (tok_dir / "merges.txt").write_text("#version: 0.2\n")
-    tok = transformers.CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=16)
+    tok = clip_tokenizer(out)
     torch.manual_seed(seed)
-    te = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37, num_attention_heads=4,
-        num_hidden_layers=2, vocab_size=len(vocab), max_position_embeddings=16))
+    te = transformers.CLIPTextModel(clip_config(len(tok)))
     down = ("CrossAttnDownBlock2D", "DownBlock2D")
     if low_res_attention:
         down = down[::-1]
@@ -44,13 +33,74 @@ def random_folder(out: str | Path, *, latent_size: int = 8, prediction_type: str
                                 block_out_channels=(32, 64), down_block_types=down, up_block_types=up,
                                 cross_attention_dim=32,
                                 attention_head_dim=8, norm_num_groups=8)
-    vae = AutoencoderKL(block_out_channels=[16, 32], in_channels=3, out_channels=3,
-                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                        latent_channels=4, norm_num_groups=8, sample_size=2 * latent_size)
+    vae = tiny_vae(2 * latent_size)
     sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
                           set_alpha_to_one=False, steps_offset=1, timestep_spacing=timestep_spacing,
                           prediction_type=prediction_type, rescale_betas_zero_snr=rescale_betas_zero_snr)
     pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=te, tokenizer=tok, scheduler=sched,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def clip_tokenizer(out: Path, max_length: int = 16) -> Any:
+    """A character-level CLIP tokenizer built offline (written beside `out`, nothing downloaded)."""
+    import json
+
+    transformers = require_transformers()
+    tok_dir = out.with_name(out.name + ".tokenizer-src")
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
+    (tok_dir / "merges.txt").write_text("#version: 0.2\n")
+    return transformers.CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"),
+                                      model_max_length=max_length)
+
+
+def clip_config(vocab_size: int, hidden: int = 32, **kw: Any) -> Any:
+    """A tiny CLIPTextConfig (2 layers, 4 heads) for the offline tokenizer."""
+    transformers = require_transformers()
+    return transformers.CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=hidden,
+                                       intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                                       vocab_size=vocab_size, max_position_embeddings=16, **kw)
+
+
+def tiny_vae(sample_size: int, latent_channels: int = 4, **kw: Any) -> Any:
+    """An AutoencoderKL with a 2× latent scale."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=[16, 32], in_channels=3, out_channels=3,
+                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                         latent_channels=latent_channels, norm_num_groups=8, sample_size=sample_size, **kw)
+
+
+def random_sdxl_folder(out: str | Path, *, latent_size: int = 8, seed: int = 0,
+                       force_zeros_for_empty_prompt: bool = True) -> Path:
+    """A tiny SDXL-format folder with random weights (two CLIP encoders, the second with a projection; a
+    `text_time` UNet2DConditionModel; EulerDiscreteScheduler with SDXL's config), saved by
+    StableDiffusionXLPipeline itself."""
+    transformers = require_transformers()
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    out = Path(out)
+    tok = clip_tokenizer(out)
+    torch.manual_seed(seed)
+    te = transformers.CLIPTextModel(clip_config(len(tok)))
+    te2 = transformers.CLIPTextModelWithProjection(clip_config(len(tok), projection_dim=32))
+    unet = UNet2DConditionModel(sample_size=latent_size, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+                                use_linear_projection=True, addition_embed_type="text_time",
+                                addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+                                projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64,
+                                norm_num_groups=8)
+    sched = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                   steps_offset=1, timestep_spacing="leading", interpolation_type="linear")
+    pipe = StableDiffusionXLPipeline(vae=tiny_vae(2 * latent_size), text_encoder=te, text_encoder_2=te2,
+                                     tokenizer=tok, tokenizer_2=tok, unet=unet, scheduler=sched,
+                                     force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
     pipe.save_pretrained(out, safe_serialization=True)
     return out

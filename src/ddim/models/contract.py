@@ -57,6 +57,9 @@ class SamplingDefaults:
     #: distilled models: the sampler and spacing their students were trained for
     student_sampler: str = "ddim"
     student_spacing: str | None = None
+    #: False where the model's own denoiser takes any sampler (MeanFlow): students only for their own
+    #: sampler, spacing and step counts
+    students_only: bool = True
 
     def best_for(self, nfe: int) -> dict[str, Any]:
         """The winner at the largest measured NFE within the budget, with as many steps as the budget allows."""
@@ -152,11 +155,15 @@ class Model:
         """The run's sampler, spacing and steps: as given, or — with no sampler named — the model's measured best
         within a budget of `steps` network evaluations (ddim with `steps` steps when it has no table). An
         explicit `timesteps` list fixes the steps."""
+        d = self.defaults
         if timesteps is not None:
             ts = self.denoiser.path.validate_timesteps(timesteps)
-            return SamplingPlan(self.denoiser_for(len(ts)), sampler or "ddim", None, len(ts), ts)
+            den = self.denoiser_for(len(ts)) if d.students_only else self.denoiser
+            return SamplingPlan(den, sampler or "ddim", None, len(ts), ts)
+        if self.students and not d.students_only and (steps not in self.students or sampler not in (
+                None, d.student_sampler) or spacing not in (None, d.student_spacing)):
+            return SamplingPlan(self.denoiser, sampler or "ddim", spacing, steps)
         if self.students:
-            d = self.defaults
             return SamplingPlan(self.denoiser_for(steps), sampler or d.student_sampler, spacing or d.student_spacing,
                                 steps)
         if sampler is not None:

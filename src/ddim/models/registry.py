@@ -12,14 +12,15 @@ from ..core.errors import CheckpointError, UsageError
 
 
 def model_spec(kind: str, sample_shape: tuple[int, ...], hidden: int = 128, depth: int = 3,
-               num_classes: int | None = None) -> dict[str, Any]:
+               num_classes: int | None = None, interval: bool = False) -> dict[str, Any]:
     """The network's type and constructor config, derived from the data shape; `num_classes` adds a class
-    embedding with one extra (null) class for classifier-free guidance (UNet only)."""
+    embedding with one extra (null) class for classifier-free guidance, `interval` a second timestep embedding
+    for MeanFlow's interval t − r (UNet only)."""
     if kind == "auto":
         kind = "mlp" if len(sample_shape) == 1 else "unet"
     if kind == "mlp":
-        if num_classes is not None:
-            raise UsageError("class-conditional training needs labelled images and the UNet (e.g. --data digits)")
+        if num_classes is not None or interval:
+            raise UsageError("class-conditional and meanflow training take images and the UNet (e.g. --data digits)")
         if len(sample_shape) != 1:
             raise UsageError(f"the MLP takes vectors, the data has sample shape {sample_shape}")
         return {"type": "mlp", "config": {"dim": sample_shape[0], "hidden": hidden, "depth": depth}}
@@ -30,6 +31,8 @@ def model_spec(kind: str, sample_shape: tuple[int, ...], hidden: int = 128, dept
     cfg = unet_config(sample_shape[1], sample_shape[0])
     if num_classes is not None:
         cfg["num_class_embeds"] = num_classes + 1  # diffusers' class embedding; the last index is the null class
+    if interval:
+        cfg["class_embed_type"] = "timestep"  # diffusers' second timestep embedding: MeanFlow's interval input
     return {"type": "unet", "config": cfg}
 
 

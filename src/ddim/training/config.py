@@ -14,7 +14,9 @@ from ..core.prediction import PREDICTION_ALIASES, PREDICTION_TYPES
 from ..core.schedule import NoiseSchedule
 
 SCHEDULES = ("linear", "scaled_linear", "cosine")
-OBJECTIVES = ("ddpm", "flow_matching")
+OBJECTIVES = ("ddpm", "flow_matching", "meanflow")
+#: objectives on the flow path x_t = (1 − t) x0 + t ε
+FLOW_OBJECTIVES = ("flow_matching", "meanflow")
 #: earlier names kept working
 OBJECTIVE_ALIASES = {"flow": "flow_matching"}
 TIME_SAMPLINGS = ("uniform", "logit_normal")
@@ -44,15 +46,18 @@ class TrainConfig:
     hidden: int = 128
     depth: int = 3
     n_data: int | None = None
-    objective: str = "ddpm"  # ddpm: L_simple on the β schedule; flow_matching on x_t = (1 − t) x0 + t ε
+    objective: str = "ddpm"  # ddpm: L_simple on the β schedule; flow_matching on x_t = (1 − t) x0 + t ε;
+    # meanflow: the average velocity u(z, r, t) on the same path (Geng et al. 2025), sampled in 1–8 steps
     time_sampling: str = "uniform"  # flow: t ~ U(0, 1), or logit_normal (SD3: t = sigmoid(m + s·n))
     logit_mean: float = 0.0
     logit_std: float = 1.0
     shift: float = 1.0  # flow: the σ-list shift stored in the scheduler config (sampling-time default)
     pairs: str | None = None  # flow: an .npz of (noise, x0) couplings to train on (reflow), instead of data
-    init_from: str | None = None  # a run folder whose EMA weights start the network (reflow fine-tuning)
+    init_from: str | None = None  # a model whose EMA weights start the network (reflow, meanflow fine-tuning)
     conditional: bool = False  # class-conditional (labelled data): a class embedding plus a learned null class
     label_dropout: float = 0.1  # fraction of labels replaced by the null class (classifier-free guidance)
+    interval_fraction: float = 0.25  # meanflow: share of rows with r < t (the rest r = t: flow matching)
+    adaptive_power: float = 1.0  # meanflow: p of the adaptive loss weight 1/(‖Δ‖² + c)^p (0: plain MSE)
 
     def validate(self, where: str = "training config") -> None:
         """Types first (one message naming the key), then ranges."""
@@ -84,15 +89,25 @@ class TrainConfig:
         self.objective = OBJECTIVE_ALIASES.get(self.objective, self.objective)
         if self.objective not in OBJECTIVES:
             raise UsageError(f"{where}: unknown objective {self.objective!r}; choose one of {OBJECTIVES}")
-        if (self.objective == "flow_matching") != (self.prediction_type == "flow_prediction"):
-            raise UsageError(f"{where}: the flow_matching objective trains prediction_type 'flow_prediction' "
-                             "(velocity ε − x0), and only it does; ddpm takes epsilon, sample or v_prediction")
+        flow = self.objective in FLOW_OBJECTIVES
+        if flow != (self.prediction_type == "flow_prediction"):
+            raise UsageError(f"{where}: the {'/'.join(FLOW_OBJECTIVES)} objectives train prediction_type "
+                             "'flow_prediction' (velocity ε − x0), and only they do; ddpm takes epsilon, sample or "
+                             "v_prediction")
+        if self.objective != "meanflow" and (self.interval_fraction != 0.25 or self.adaptive_power != 1.0):
+            raise UsageError(f"{where}: interval_fraction and adaptive_power are meanflow options "
+                             f"(objective is {self.objective!r})")
+        if not (0 < self.interval_fraction <= 1) or not 0 <= self.adaptive_power <= 2:
+            raise UsageError(f"{where}: interval_fraction must lie in (0, 1] and adaptive_power in [0, 2]")
+        if self.objective == "meanflow" and (self.conditional or self.model == "mlp"):
+            raise UsageError(f"{where}: meanflow trains an unconditional UNet (its second time input takes the "
+                             "interval t − r); drop --conditional / --model mlp")
         if self.time_sampling not in TIME_SAMPLINGS:
             raise UsageError(f"{where}: unknown time_sampling {self.time_sampling!r}; choose one of {TIME_SAMPLINGS}")
-        if self.time_sampling != "uniform" and self.objective != "flow_matching":
-            raise UsageError(f"{where}: time_sampling {self.time_sampling!r} is for the flow_matching objective")
-        if self.pairs is not None and self.objective != "flow_matching":
-            raise UsageError(f"{where}: pairs (reflow couplings) train the flow_matching objective")
+        if self.time_sampling != "uniform" and not flow:
+            raise UsageError(f"{where}: time_sampling {self.time_sampling!r} is for the flow objectives")
+        if self.pairs is not None and not flow:
+            raise UsageError(f"{where}: pairs (reflow couplings) train the flow objectives")
         if not self.logit_std > 0 or not self.shift > 0:
             raise UsageError(f"{where}: logit_std and shift must be > 0")
         if self.schedule not in SCHEDULES:
@@ -146,7 +161,7 @@ class TrainConfig:
 def build_schedule(cfg: TrainConfig) -> NoisePath:
     """The run's noise path: the β schedule (ddpm), or the flow path with its σ-list shift (flow)."""
     T = cfg.num_train_timesteps
-    if cfg.objective == "flow_matching":
+    if cfg.objective in FLOW_OBJECTIVES:
         shift = FlowShift(cfg.shift, num_train_timesteps=T)
         return ContinuousPath("flow", t_max=1.0, time_scale=float(T), flow_shift=shift)
     if cfg.schedule == "cosine":
@@ -165,4 +180,5 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "depth": (int,), "n_data": (int, type(None)), "conditional": (bool,), "label_dropout": (float,),
     "pairs": (str, type(None)), "init_from": (str, type(None)),
     "objective": (str,), "time_sampling": (str,), "logit_mean": (float,), "logit_std": (float,), "shift": (float,),
+    "interval_fraction": (float,), "adaptive_power": (float,),
 }

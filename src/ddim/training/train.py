@@ -27,7 +27,10 @@ from ..io.config import schedule_to_config
 from ..io.distributed import DistInfo
 from ..io.runs import check_run_config
 from ..models.registry import build_model, model_spec
-from .config import TrainConfig, build_schedule
+from .config import FLOW_OBJECTIVES, TrainConfig, build_schedule
+
+#: MeanFlow's adaptive weight 1/(‖Δ‖² + c)^p (Geng et al. 2025, §4.3)
+ADAPTIVE_C = 1e-3
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -63,7 +66,7 @@ def noised_batch(cfg: TrainConfig, x0: torch.Tensor, gen: torch.Generator, abar:
     the noise paired with each x0 (reflow, Liu et al. 2023 eq. 6) instead of fresh noise.
     """
     n = x0.shape[0]
-    if cfg.objective == "flow_matching":
+    if cfg.objective in FLOW_OBJECTIVES:
         if cfg.time_sampling == "logit_normal":
             t = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(n, generator=gen))
         else:
@@ -82,6 +85,57 @@ def noised_batch(cfg: TrainConfig, x0: torch.Tensor, gen: torch.Generator, abar:
     else:
         target = sa * noise - s1 * x0  # v = sqrt(ᾱ) ε - sqrt(1-ᾱ) x0
     return x_t, t, target
+
+
+def meanflow_target(cfg: TrainConfig, net: torch.nn.Module, z: torch.Tensor, t_in: torch.Tensor, v: torch.Tensor,
+                    gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z, t·T, interval input (t − r)·T, target u_tgt) for a flow batch (z, t·T, v = ε − x0): MeanFlow's
+    identity u(z, r, t) = v − (t − r) d/dt u(z, r, t) (Geng et al. 2025, eq. 6), d/dt u = v·∂_z u + ∂_t u the
+    JVP along the tangent (v, 0, 1) in (z, r, t) — (v, T, T) in the network's inputs (z, t·T, (t − r)·T);
+    stop-gradient.
+
+    A share `interval_fraction` of the rows draws a second time s like t and takes t = max, r = min (moving
+    z along its own path, z + (t' − t) v); the others keep r = t, where the target is v (flow matching). Only
+    the r < t rows pay for the JVP."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    n, T = z.shape[0], float(cfg.num_train_timesteps)
+    if cfg.time_sampling == "logit_normal":
+        s = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(n, generator=gen))
+    else:
+        s = torch.rand(n, generator=gen)
+    pick = torch.rand(n, generator=gen) < cfg.interval_fraction
+    rows = pick.nonzero().squeeze(1)
+    h_in = torch.zeros_like(t_in)
+    target = v.clone()
+    if rows.numel():
+        z, t_in = z.clone(), t_in.clone()
+        t_old, s_in = t_in[rows], s[rows] * T
+        t_new = torch.maximum(t_old, s_in)
+        h_in[rows] = t_new - torch.minimum(t_old, s_in)
+        t_in[rows] = t_new
+        z[rows] = z[rows] + _bcast((t_new - t_old) / T, v) * v[rows]
+        zr, tr, hr, vr = z[rows], t_new, h_in[rows], v[rows]
+        ones = torch.full_like(tr, T)
+
+        def u(z_: torch.Tensor, t_: torch.Tensor, h_: torch.Tensor) -> torch.Tensor:
+            return _output(net(z_, t_, class_labels=h_))
+
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):  # CPU flash attention has no forward-mode AD
+            _, dudt = torch.func.jvp(u, (zr, tr, hr), (vr, ones, ones))
+        target[rows] = vr - _bcast(hr / T, vr) * dudt
+    return z, t_in, h_in, target
+
+
+def objective_loss(cfg: TrainConfig, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss to minimise, the plain MSE to log): MSE, or for meanflow with adaptive_power p > 0 the
+    adaptively weighted sg(w)·‖Δ‖², w = 1/(‖Δ‖² + c)^p per sample."""
+    if cfg.objective != "meanflow" or cfg.adaptive_power == 0.0:
+        loss = F.mse_loss(out, target)
+        return loss, loss
+    err = (out - target).square().flatten(1).mean(1)
+    w = (err.detach() + ADAPTIVE_C).pow(-cfg.adaptive_power)
+    return (w * err).mean(), err.mean()
 
 
 def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -161,20 +215,30 @@ def setup(cfg: TrainConfig, run: Path, dist: DistInfo, latest: Path | None, log:
         k = int(y_data.max()) + 1
         conditioning = ClassLabels(k, null=k)
     spec = model_spec(cfg.model, sample_shape, cfg.hidden, cfg.depth,
-                      num_classes=None if conditioning is None else conditioning.num_classes)
+                      num_classes=None if conditioning is None else conditioning.num_classes,
+                      interval=cfg.objective == "meanflow")
     torch.manual_seed(cfg.seed)
     net = build_model(spec)
     ema = build_model(spec)
     ema.load_state_dict(net.state_dict())
     ema.requires_grad_(False)
+    if cfg.objective == "meanflow":
+        from ..models.meanflow import forward_ad_ready
+
+        forward_ad_ready(net)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed + 1000003 * dist.rank)
-    if cfg.init_from is not None and latest is None:  # reflow: start from the teacher's EMA weights
+    if cfg.init_from is not None and latest is None:  # reflow, meanflow: start from the teacher's EMA weights
         from ..io.loader import load_model
+        from ..models.meanflow import IntervalNet, start_from_flow
 
         teacher = load_model(cfg.init_from).denoiser.net
+        teacher = teacher.net if isinstance(teacher, IntervalNet) else teacher
         try:
-            net.load_state_dict(teacher.state_dict())
+            if cfg.objective == "meanflow":
+                start_from_flow(net, teacher.state_dict())
+            else:
+                net.load_state_dict(teacher.state_dict())
         except (RuntimeError, AttributeError):
             raise UsageError(f"init_from {cfg.init_from} has a different network than this run") from None
         ema.load_state_dict(net.state_dict())
@@ -227,7 +291,9 @@ def train_loop(cfg: TrainConfig, run: Path, st: TrainState, dist: DistInfo, prog
             y = st.y_data[idx]
             drop = torch.rand(per_rank, generator=st.gen) < cfg.label_dropout
             kw["class_labels"] = torch.where(drop, torch.full_like(y, null_class), y)
-        loss = F.mse_loss(_output(model(x_t, t, **kw)), target)
+        if cfg.objective == "meanflow":
+            x_t, t, kw["class_labels"], target = meanflow_target(cfg, st.net, x_t, t, target, st.gen)
+        loss, mse = objective_loss(cfg, _output(model(x_t, t, **kw)), target)
         for g in st.opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         st.opt.zero_grad(set_to_none=True)
@@ -238,7 +304,7 @@ def train_loop(cfg: TrainConfig, run: Path, st: TrainState, dist: DistInfo, prog
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, [p.detach() for p in net_params], 1 - decay)
-        lv = dist.mean(loss.detach())
+        lv = dist.mean(mse.detach())
         if not math.isfinite(lv):
             raise FloatingPointError(f"training loss became {lv} at step {step}; lower --lr or check the data")
         st.losses.append(lv)
@@ -266,10 +332,14 @@ def finish(cfg: TrainConfig, run: Path, st: TrainState) -> None:
            "L_simple", logy=True, title=f"{cfg.data}: training loss")
     if st.spec["type"] == "unet":
         cond = ck.read_json(run / "config.json").get("conditioning")
-        extra = {} if cfg.objective == "flow_matching" else {"prediction_type": cfg.prediction_type,
-                                                             "clip_sample": False}
+        extra = {} if cfg.objective in FLOW_OBJECTIVES else {"prediction_type": cfg.prediction_type,
+                                                              "clip_sample": False}
         ck.export_diffusers(st.ema, schedule_to_config(build_schedule(cfg)), run / "diffusers", extra,
                             conditioning=cond)
+        if cfg.objective == "meanflow":
+            from ..models.meanflow import MEANFLOW_FILE, meanflow_record
+
+            ck.atomic_write_json(run / "diffusers" / MEANFLOW_FILE, meanflow_record())
 
 
 def save_run_checkpoint(run: Path, step: int, net: torch.nn.Module, ema: torch.nn.Module,

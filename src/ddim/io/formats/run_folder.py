@@ -18,5 +18,9 @@ def detect(spec: str, path: Path | None) -> bool:
 
 
 def load(spec: str, path: Path, device: torch.device, dtype: torch.dtype | None) -> Model:
-    den, _ = load_run_denoiser(path, device=device, dtype=dtype)
+    den, cfg = load_run_denoiser(path, device=device, dtype=dtype)
+    if isinstance(cfg.get("train"), dict) and cfg["train"].get("objective") == "meanflow":
+        from .meanflow import meanflow_model
+
+        return meanflow_model(spec, NAME, den, path)
     return model_from_denoiser(spec, NAME, den, path)

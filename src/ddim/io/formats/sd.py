@@ -40,51 +40,75 @@ def detect(spec: str, path: Path | None) -> bool:
 
 @dataclass(frozen=True, eq=False)
 class PromptConditioning:
-    """A prompt-conditioned network: the condition is `encoder_hidden_states`; the unconditional branch is
-    the empty prompt's embedding (what StableDiffusionPipeline uses without a negative prompt)."""
+    """A prompt-conditioned network: the condition is the network keyword arguments of a prompt; the
+    unconditional branch is `null` (the empty prompt's, or zeros where the pipeline zeroes it)."""
 
-    null_embedding: torch.Tensor
-    key: str = "encoder_hidden_states"
+    null: dict[str, torch.Tensor]
 
     def condition(self, labels: Any) -> dict[str, torch.Tensor]:
         raise UsageError("this model takes prompts (--prompt), not class labels")
 
     def unconditional(self) -> dict[str, torch.Tensor]:
-        return {self.key: self.null_embedding}
+        return self.null
+
+
+def load_tokenizer(folder: Path, cls: str = "CLIPTokenizer") -> Any:
+    """A transformers tokenizer saved in `folder`, local files only."""
+    transformers = require_transformers()
+    try:
+        return getattr(transformers, cls).from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, TypeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(f"{folder} is not a readable {cls}: {msg}") from None
 
 
 class LatentDiffusion:
     """The parts of a Stable-Diffusion folder and the maths between images, latents and prompts; built once on
-    a device and dtype (the only state that changes afterwards is the prompt-embedding memo)."""
+    a device and dtype (the only state that changes afterwards is the prompt-embedding memo). Formats with
+    other encoders or networks (SDXL) override `PARTS`, `load_networks`, `encode_one` and `null_condition`."""
+
+    PARTS: tuple[str, ...] = PARTS
+    LAYOUT = "a Stable-Diffusion folder"
 
     def __init__(self, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
                  ) -> None:
         path = Path(path)
-        transformers = require_transformers()
+        require_transformers()
         index = read_json(path / "model_index.json")
-        for part in PARTS:
+        for part in self.PARTS:
             if part not in index or not (path / part).is_dir():
-                raise UsageError(f"{path} is missing its {part}/ part (a Stable-Diffusion folder has "
-                                 f"{', '.join(PARTS)})")
+                raise UsageError(f"{path} is missing its {part}/ part ({self.LAYOUT} has {', '.join(self.PARTS)})")
         dtype = None if dtype == torch.float32 else dtype
-        self.path = path
-        self.unet = load_diffusers(path / "unet", ("UNet2DConditionModel",), device, dtype)
+        self.path, self.index = path, index
         self.vae = load_diffusers(path / "vae", ("AutoencoderKL",), device, dtype)
-        self.text_encoder = load_text_encoder(path / "text_encoder", ("CLIPTextModel",), device, dtype)
-        try:
-            self.tokenizer = transformers.CLIPTokenizer.from_pretrained(str(path / "tokenizer"), local_files_only=True)
-        except (OSError, ValueError, TypeError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise UsageError(f"{path / 'tokenizer'} is not a readable CLIP tokenizer: {msg}") from None
+        self.net = self.load_networks(path, device, dtype)
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         size = self.unet.config.sample_size
         size = size if isinstance(size, int) else size[0]
         self.latent_shape = (int(self.unet.config.in_channels), size, size)
-        self._cache: dict[str, torch.Tensor] = {}
+        self._cache: dict[str, dict[str, torch.Tensor]] = {}
         self._lock = threading.Lock()
-        null = PromptConditioning(self.encode_prompts([""])[0:1])
-        self.denoiser = network_denoiser(path, self.unet, self.latent_shape, null, dtype)
+        self.denoiser = network_denoiser(path, self.net, self.latent_shape, PromptConditioning(self.null_condition()),
+                                         dtype)
+
+    def load_networks(self, path: Path, device: torch.device | str, dtype: torch.dtype | None) -> torch.nn.Module:
+        """The denoising network (what the Denoiser calls) and the text encoders and tokenizers."""
+        self.unet = load_diffusers(path / "unet", ("UNet2DConditionModel",), device, dtype)
+        self.text_encoder = load_text_encoder(path / "text_encoder", ("CLIPTextModel",), device, dtype)
+        self.tokenizer = load_tokenizer(path / "tokenizer")
+        return self.unet
+
+    def encode_one(self, prompt: str) -> dict[str, torch.Tensor]:
+        """One prompt's network keyword arguments (unbatched): the CLIP last hidden state."""
+        dev = next(self.text_encoder.parameters()).device
+        ids = self.tokenizer([prompt], padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        return {"encoder_hidden_states": self.text_encoder(ids.to(dev))[0][0]}
+
+    def null_condition(self) -> dict[str, torch.Tensor]:
+        """The unconditional branch: the empty prompt (StableDiffusionPipeline without a negative prompt)."""
+        return self.condition([""])
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -92,22 +116,21 @@ class LatentDiffusion:
                 self.latent_shape[2] * self.vae_scale)
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """(len(prompts), L, D) text embeddings; each distinct prompt is encoded once, alone (cached)."""
+    def condition(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The network's keyword arguments for per-sample prompts, batch first; each distinct prompt is encoded
+        once, alone (cached), so its embedding never depends on the others."""
         if isinstance(prompts, str):
             prompts = [prompts]
         with self._lock:
-            dev = next(self.text_encoder.parameters()).device
-            for p in dict.fromkeys(prompts):  # one prompt per call: its embedding never depends on the others
+            for p in dict.fromkeys(prompts):
                 if p not in self._cache:
-                    ids = self.tokenizer([p], padding="max_length", max_length=self.tokenizer.model_max_length,
-                                         truncation=True, return_tensors="pt").input_ids
-                    self._cache[p] = self.text_encoder(ids.to(dev))[0][0]
-            return torch.stack([self._cache[p] for p in prompts])
+                    self._cache[p] = self.encode_one(p)
+            rows = [self._cache[p] for p in prompts]
+        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
-    def condition(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """The network's keyword arguments for per-sample prompts (one prompt: one row, broadcast)."""
-        return {"encoder_hidden_states": self.encode_prompts(prompts)}
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """(len(prompts), L, D) text embeddings (`encoder_hidden_states`)."""
+        return self.condition(prompts)["encoder_hidden_states"]
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -128,6 +151,10 @@ class LatentDiffusion:
 
 
 def load(spec: str, path: Path, device: torch.device, dtype: torch.dtype | None) -> Model:
-    pipe = LatentDiffusion(path, device, dtype)
-    return Model(spec, NAME, pipe.denoiser, pipe.latent_shape, condition_kind="prompt", codec=pipe, encoder=pipe,
-                 defaults=SamplingDefaults(guidance=7.5), folder=path)
+    return prompt_model(spec, NAME, LatentDiffusion(path, device, dtype), path, guidance=7.5)
+
+
+def prompt_model(spec: str, fmt: str, pipe: LatentDiffusion, path: Path, guidance: float) -> Model:
+    """The latent, prompt-conditioned Model of a text-to-image folder."""
+    return Model(spec, fmt, pipe.denoiser, pipe.latent_shape, condition_kind="prompt", codec=pipe, encoder=pipe,
+                 defaults=SamplingDefaults(guidance=guidance), folder=path)
