@@ -7,6 +7,7 @@ import torch
 
 from ddim.app.cli import main
 from ddim.core.errors import UsageError
+from ddim.core.sample import sample
 from ddim.models.meanflow import IntervalNet, forward_ad_ready
 from ddim.models.registry import build_model, model_spec
 from ddim.training.config import TrainConfig
@@ -103,3 +104,15 @@ def test_meanflow_run_samples_its_views_by_every_front_end(tmp_path, capsys):
     assert "NFE 2" in capsys.readouterr().out
     assert main(["train", "--data", "digits", "--objective", "meanflow", "--conditional", "--out",
                  str(tmp_path / "c")]) == 2
+
+
+def test_shipped_digits_meanflow_samples_at_1_2_4_nfe():
+    """The built-in MeanFlow model: one network call per step, its interval view per step count."""
+    from ddim.io.loader import load_model
+
+    m = load_model("digits-meanflow")
+    for k in (1, 2, 4):
+        p = m.plan(k)
+        assert p.steps == k and p.denoiser is not m.denoiser
+        x = sample(p.denoiser, (4, 1, 8, 8), steps=k, sampler=p.sampler, spacing=p.spacing, seeds=range(4))
+        assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()

@@ -93,7 +93,7 @@ def test_cli_seed_gives_the_pipelines_image(sdxl, tmp_path, capsys):
     assert float(np.abs(ours - (2 * theirs.numpy() - 1)).max()) <= 1e-4
     assert main(["sample", "--model", str(sdxl), "--prompt", "a cat", "-n", "1", "--size", "15x16",
                  "--out", str(out)]) == 2
-    assert "multiple of 2" in capsys.readouterr().err
+    assert "multiples of 2" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("suite", ["speed", "reconstruction"])

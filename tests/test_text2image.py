@@ -271,5 +271,5 @@ def test_prompt_commands_as_flags_and_as_request_json_give_identical_bits(sd, ar
 def test_a_size_off_the_latent_grid_is_refused(sd):
     from ddim.api import parse_request, run
 
-    with pytest.raises(UsageError, match="multiple of 2"):
+    with pytest.raises(UsageError, match="multiples of 2"):
         run(parse_request({"task": "sample", "model": str(sd), "prompt": ["a cat"], "n": 1, "size": [15, 16]}))

@@ -38,6 +38,9 @@ class GuidanceSpec(BaseModel):
     options: dict[str, Finite] = Field(default_factory=dict, description="the rule's own options (apg: eta, "
                                        "momentum, threshold)")
     two_calls: bool = Field(False, description="conditional and unconditional branches as two calls (less memory)")
+    distilled: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(
+        None, description="guidance-distilled models (Flux-dev): the guidance scale the network takes as an input "
+        "(diffusers' guidance_scale there; default 3.5); `scale` is then true CFG (diffusers' true_cfg_scale)")
 
     @model_validator(mode="after")
     def _rule_options(self) -> GuidanceSpec:

@@ -126,6 +126,9 @@ def resolve_plan(req: Any, model: Model) -> SamplingPlan:
         plan = model.plan(req.steps, sampler if req.task not in _INVERSION_TASKS else "ddim", req.spacing,
                           req.timesteps)
     den = plan.denoiser
+    shape = model.shape_for(getattr(req, "size", None))
+    if shape != model.sample_shape:  # before the step list: a dynamic flow shift follows the size
+        den = den.replace(sample_shape=shape)
     if req.shift is not None:
         den = den.replace(path=den.path.with_shift(req.shift))
     den = invariant(den, req.batch_invariant)
@@ -162,6 +165,13 @@ def check_condition(req: Any, model: Model) -> None:
         raise UsageError(f"request field classes: {model.name} takes {what}")
     if model.condition_kind != "prompt" and req.classes is None and not _labelled_data(req, model):
         _no_guidance(req, guidance_of(req, model))
+    distilled = model.defaults.distilled_guidance is not None
+    if req.guidance.distilled is not None and not distilled:
+        raise UsageError(f"request field guidance.distilled: {model.name} is not guidance-distilled (it takes no "
+                         "guidance input); use guidance.scale (classifier-free)")
+    if distilled and req.guidance.rule == "cfg++":
+        raise UsageError(f"request field guidance.rule: cfg++ renoises with the unconditional prediction, which "
+                         f"{model.name} (guidance-distilled) does not make; use cfg (true CFG) or apg")
     if getattr(req, "score", False) and tuple(model.image_shape) != (1, 8, 8):
         raise UsageError(f"request field score: the score is the digit classifier's, for 8×8 digit models; "
                          f"{model.name} makes {'×'.join(map(str, model.image_shape))} images")
@@ -187,9 +197,11 @@ def conditioning(req: Any, model: Model, n: int, labels: torch.Tensor | None = N
     g = guidance_of(req, model)
     check_condition(req, model)
     if model.condition_kind == "prompt":
-        prompts = _cycled(req.prompt or [""], n)
-        unc = model.condition([req.negative_prompt] * n) if req.negative_prompt is not None else None
-        return {"condition": model.condition(prompts), "uncond": unc, "guidance": g}
+        prompts, dg, neg = _cycled(req.prompt or [""], n), req.guidance.distilled, req.negative_prompt
+        if neg is None and dg is not None:  # the null branch takes the same distilled scale
+            neg = ""
+        unc = model.condition([neg] * n, dg) if neg is not None else None
+        return {"condition": model.condition(prompts, dg), "uncond": unc, "guidance": g}
     cond = torch.tensor(_cycled(req.classes, n)) if req.classes is not None else labels
     if cond is None:
         _no_guidance(req, g)
@@ -253,8 +265,7 @@ def _sample(req: Any, model: Model, ctx: _Ctx):
     from ..io.sharding import draw
 
     plan = resolve_plan(req, model)
-    shape = model.shape_for(req.size)
-    den = plan.denoiser if shape == model.sample_shape else plan.denoiser.replace(sample_shape=shape)
+    den, shape = plan.denoiser, model.shape_for(req.size)
     kw = {**_sampling_kw(req, plan), **conditioning(req, model, req.n)}
     cb = _preview_callback(req, model, ctx, plan.steps)
     device = den.device()

@@ -95,6 +95,9 @@ def _add_guidance_options(p: argparse.ArgumentParser) -> None:
                    help="CFG rescale φ in [0, 1] (Lin et al. 2024; default 0)")
     p.add_argument("--guidance-interval", type=_finite_nonneg, nargs=2, default=None, metavar=("LO", "HI"),
                    help="guide only where σ/α lies in (LO, HI] (Kynkäänniemi et al. 2024)")
+    p.add_argument("--distilled-guidance", type=_finite_nonneg, default=None, metavar="G",
+                   help="guidance-distilled models (Flux-dev): the guidance scale the network takes as an input "
+                        "(diffusers' guidance_scale; default 3.5); --guidance is then true CFG (true_cfg_scale)")
     p.add_argument("--apg-eta", type=float, default=None, help="APG: weight of the parallel component (default 0)")
     p.add_argument("--apg-momentum", type=float, default=None, help="APG: momentum β in (-1, 0] (default 0)")
     p.add_argument("--cfg-two-calls", action="store_true",

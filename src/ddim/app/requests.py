@@ -26,6 +26,8 @@ def _guidance(args: argparse.Namespace) -> dict[str, Any]:
         g["scale"] = args.guidance
     if args.guidance_interval:
         g["interval"] = list(args.guidance_interval)
+    if args.distilled_guidance is not None:
+        g["distilled"] = args.distilled_guidance
     opts = {k: v for k, v in (("eta", args.apg_eta), ("momentum", args.apg_momentum)) if v is not None}
     if opts:
         g["options"] = opts

@@ -135,6 +135,11 @@ class FlowShift:
     shift_terminal: float | None = None
     time_shift_type: str = "exponential"
     num_train_timesteps: int = 1000
+    #: dynamic shifting: (base_seq_len, max_seq_len, base_shift, max_shift, patch) — μ follows the sample size
+    mu_line: tuple[int, int, float, float, int] | None = None
+    #: the σ grid before shifting: "scheduler" (FlowMatchEuler's set_timesteps: 1 … σ_min) or "pipeline"
+    #: (linspace(1, 1/n, n), what FluxPipeline passes as `sigmas`)
+    grid: str = "scheduler"
 
     def __post_init__(self) -> None:
         if isinstance(self.shift, bool) or not (isinstance(self.shift, int | float) and self.shift > 0
@@ -148,6 +153,18 @@ class FlowShift:
             raise UsageError("num_train_timesteps must be >= 1")
         if self.mu is not None and not math.isfinite(self.mu):
             raise UsageError(f"mu must be a finite number, got {self.mu}")
+        if self.grid not in ("scheduler", "pipeline"):
+            raise UsageError(f"grid must be 'scheduler' or 'pipeline', got {self.grid!r}")
+
+    def at_shape(self, shape: Sequence[int]) -> FlowShift:
+        """The shift for samples of `shape` (C, H, W): μ from its token count under dynamic shifting, else self."""
+        import dataclasses
+
+        if not self.dynamic or self.mu_line is None or len(shape) != 3:
+            return self
+        base, top, lo, hi, patch = self.mu_line
+        return dataclasses.replace(self, mu=calculate_shift((shape[-2] // patch) * (shape[-1] // patch), base, top,
+                                                            lo, hi))
 
     def _shifted(self, sig: np.ndarray, mu: float | None) -> np.ndarray:
         if self.dynamic:
@@ -160,6 +177,8 @@ class FlowShift:
 
     def sigmas(self, n: int, mu: float | None = None) -> np.ndarray:
         """n decreasing σ (float64 holding diffusers' float32 values; the final 0 not included)."""
+        if self.grid == "pipeline":
+            return self.shift_list(np.linspace(1.0, 1 / n, n), mu)
         N = self.num_train_timesteps
         train = torch.from_numpy(np.linspace(1, N, N, dtype=np.float32)[::-1].copy()) / N  # float32, as diffusers
         if not self.dynamic:
@@ -213,6 +232,13 @@ class ContinuousPath(NoisePath):
         self.flow_variables = kind == "flow"
         #: diffusers' FlowMatchEuler σ list (spacing "flow_shift", the default when set)
         self.flow_shift = flow_shift
+
+    def at_shape(self, shape: Sequence[int]) -> ContinuousPath:
+        """The path for samples of `shape`: the same one unless its flow shift follows the size (Flux's μ)."""
+        fs = self.flow_shift.at_shape(shape) if self.flow_shift is not None else None
+        if fs is self.flow_shift:
+            return self
+        return ContinuousPath("flow", self.t_max, self.t_min, self.time_scale, fs)
 
     def with_shift(self, shift: float) -> ContinuousPath:
         """The same flow path with a static σ-list shift s (SD3's shift; replaces dynamic shifting)."""

@@ -196,6 +196,10 @@ class Denoiser:
         if bad:
             raise UsageError(f"Denoiser.replace takes {', '.join(sorted(allowed))}; got {', '.join(bad)}")
         view = copy.copy(self)
+        if "sample_shape" in changes and "path" not in changes and changes["sample_shape"] is not None:
+            moved = getattr(self.path, "at_shape", lambda _: self.path)(tuple(changes["sample_shape"]))
+            if moved is not self.path:  # a dynamic flow shift follows the size (Flux's μ from the token count)
+                changes = {**changes, "path": moved}
         if "path" in changes:
             view._affine, view._t_cache = {}, {}
         for k, v in changes.items():

@@ -136,10 +136,14 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is not a valid safetensors file (truncated or corrupt?): {e}") from None
 
 
-def load_state_into(module: torch.nn.Module, path: str | Path) -> None:
-    """Load weights into a module, with a clear error for missing, extra or wrong-shape tensors."""
+def load_state_into(module: torch.nn.Module, path: str | Path, tied: dict[str, str] | None = None) -> None:
+    """Load weights into a module, with a clear error for missing, extra or wrong-shape tensors; `tied` maps
+    parameters that share another's storage (saved once, as transformers does) to the one saved."""
     tensors = load_tensors(path)
     own = module.state_dict()
+    for alias, source in (tied or {}).items():
+        if alias not in tensors and source in tensors:
+            tensors[alias] = tensors[source]
     missing = sorted(set(own) - set(tensors))
     extra = sorted(set(tensors) - set(own))
     if missing or extra:

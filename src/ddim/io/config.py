@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import UsageError
-from ..core.path import ContinuousPath, FlowShift, NoisePath, calculate_shift
+from ..core.path import ContinuousPath, FlowShift, NoisePath
 from ..core.prediction import PREDICTION_TYPES, Denoiser
 from ..core.schedule import SPACINGS, NoiseSchedule
 from .checkpoint import read_json
@@ -122,9 +122,11 @@ def is_flow_config(config: dict[str, Any]) -> bool:
 
 
 def flow_path_from_config(config: dict[str, Any], where: str = "scheduler config",
-                          image_seq_len: int | None = None) -> ContinuousPath:
+                          sample_shape: tuple[int, ...] | None = None, patch: int = 2,
+                          grid: str = "scheduler") -> ContinuousPath:
     """The flow path (σ = t, network time σ·N) and σ list of a FlowMatchEulerDiscreteScheduler config; under
-    dynamic shifting μ comes from `image_seq_len` (Flux's calculate_shift)."""
+    dynamic shifting μ follows the token count of `sample_shape` in `patch`×`patch` patches (calculate_shift);
+    `grid="pipeline"`: σ before shifting is linspace(1, 1/n, n), as FluxPipeline passes it."""
     c = {}
     for key, (types, default) in _FLOW_KEYS.items():
         v = config.get(key, default)
@@ -141,18 +143,19 @@ def flow_path_from_config(config: dict[str, Any], where: str = "scheduler config
             raise UsageError(f"{where}: {key} is not read when ddim samples a flow model: ask for the spacing "
                              "(spacing='karras' in the API, --spacing karras in the CLI); the drop-in "
                              "ddim.diffusers.FlowMatchEulerDiscreteScheduler takes the key")
-    mu = None
-    if c["use_dynamic_shifting"] and image_seq_len is not None:
-        mu = calculate_shift(image_seq_len, c["base_image_seq_len"] or 256, c["max_image_seq_len"] or 4096,
-                             c["base_shift"] if c["base_shift"] is not None else 0.5,
-                             c["max_shift"] if c["max_shift"] is not None else 1.15)
+    line = None
+    if c["use_dynamic_shifting"]:
+        line = (c["base_image_seq_len"] or 256, c["max_image_seq_len"] or 4096,
+                float(c["base_shift"] if c["base_shift"] is not None else 0.5),
+                float(c["max_shift"] if c["max_shift"] is not None else 1.15), patch)
     try:
-        shift = FlowShift(float(c["shift"]), c["use_dynamic_shifting"], mu,
+        shift = FlowShift(float(c["shift"]), c["use_dynamic_shifting"], None,
                           None if c["shift_terminal"] is None else float(c["shift_terminal"]), c["time_shift_type"],
-                          c["num_train_timesteps"])
+                          c["num_train_timesteps"], line, grid)
     except UsageError as e:
         raise UsageError(f"{where}: {e}") from None
-    return ContinuousPath("flow", t_max=1.0, time_scale=float(c["num_train_timesteps"]), flow_shift=shift)
+    path = ContinuousPath("flow", t_max=1.0, time_scale=float(c["num_train_timesteps"]), flow_shift=shift)
+    return path if sample_shape is None else path.at_shape(sample_shape)
 
 
 def flow_config(path: ContinuousPath) -> dict[str, Any]:
@@ -217,8 +220,7 @@ def denoiser_from_config(net: Callable[..., Any] | None, config: dict[str, Any] 
     the flow path and velocity prediction; μ for dynamic shifting from the sample size, 2×2 patches)."""
     raw, where = _raw_config(config)
     if is_flow_config(raw):
-        seq = (sample_shape[-1] // 2) * (sample_shape[-2] // 2) if sample_shape and len(sample_shape) == 3 else None
-        return Denoiser(net, flow_path_from_config(raw, where, seq), prediction_type="flow_prediction",
+        return Denoiser(net, flow_path_from_config(raw, where, sample_shape), prediction_type="flow_prediction",
                         sample_shape=sample_shape, **denoiser_kw)
     c, _ = read_scheduler_config(config)
     clip = float(c["clip_sample_range"]) if c["clip_sample"] else None

@@ -12,7 +12,7 @@ from ..core.errors import UsageError
 from ..models.contract import Model
 from .formats import FORMATS, format_module
 
-BUILTIN_MODELS = ("digits", "digits-cond", "digits-flow", "digits-distilled", "digits-rectified")
+BUILTIN_MODELS = ("digits", "digits-cond", "digits-flow", "digits-distilled", "digits-rectified", "digits-meanflow")
 
 
 def builtin_path(name: str) -> Path:

@@ -61,10 +61,11 @@ def load_text_encoder(folder: Path, architectures: tuple[str, ...] = ("CLIPTextM
     arch = (cfg.get("architectures") or [architectures[0]])[0]
     if arch not in architectures:
         raise UsageError(f"{folder}: supported text encoders are {', '.join(architectures)}, found {arch}")
-    config_cls = getattr(transformers, arch.replace("WithProjection", "").replace("Model", "Config"))
+    cls = getattr(transformers, arch)
     try:
-        model = getattr(transformers, arch)(config_cls(**{k: v for k, v in cfg.items() if not k.startswith("_")}))
+        model = cls(cls.config_class(**{k: v for k, v in cfg.items() if not k.startswith("_")}))
     except (TypeError, ValueError) as e:
         raise UsageError(f"{cfg_file} does not describe a {arch}: {str(e).splitlines()[0]}") from None
-    load_state_into(model, weights)
+    tied = getattr(model, "_tied_weights_keys", None)
+    load_state_into(model, weights, tied if isinstance(tied, dict) else None)
     return cast(model, device, dtype).eval()

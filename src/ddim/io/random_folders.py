@@ -104,3 +104,73 @@ def random_sdxl_folder(out: str | Path, *, latent_size: int = 8, seed: int = 0,
                                      force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
     pipe.save_pretrained(out, safe_serialization=True)
     return out
+
+
+def t5_tokenizer(out: Path, max_length: int = 512) -> Any:
+    """A character-level T5TokenizerFast (a Unigram model over letters) built offline, nothing downloaded."""
+    transformers = require_transformers()
+    import tokenizers
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -1.0)] + [(c, -1.0) for c in
+                                                                          "abcdefghijklmnopqrstuvwxyz"]
+    tok = tokenizers.Tokenizer(tokenizers.models.Unigram(vocab, unk_id=2))
+    return transformers.T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                                        extra_ids=0, model_max_length=max_length)
+
+
+def t5_encoder(vocab_size: int, d_model: int) -> Any:
+    """A tiny T5EncoderModel (2 layers, 4 heads)."""
+    transformers = require_transformers()
+    return transformers.T5EncoderModel(transformers.T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=37,
+                                                             num_layers=2, num_heads=4, decoder_start_token_id=0))
+
+
+def random_sd3_folder(out: str | Path, *, latent_size: int = 8, seed: int = 0, t5: bool = True) -> Path:
+    """A tiny SD3-format folder with random weights (CLIP-L and CLIP-G with projections, optionally T5, a one-layer
+    SD3Transformer2DModel with 2×2 patches, a 16-channel VAE with shift and scaling factors, FlowMatch with
+    shift 3), saved by StableDiffusion3Pipeline itself."""
+    transformers = require_transformers()
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    out = Path(out)
+    tok = clip_tokenizer(out)
+    torch.manual_seed(seed)
+    te = transformers.CLIPTextModelWithProjection(clip_config(len(tok), projection_dim=32))
+    te2 = transformers.CLIPTextModelWithProjection(clip_config(len(tok), projection_dim=32))
+    tok3 = t5_tokenizer(out) if t5 else None
+    te3 = t5_encoder(len(tok3), 64) if t5 else None
+    net = SD3Transformer2DModel(sample_size=latent_size, patch_size=2, in_channels=16, num_layers=1,
+                                attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
+                                joint_attention_dim=64, pooled_projection_dim=64, out_channels=16,
+                                pos_embed_max_size=16)
+    vae = tiny_vae(2 * latent_size, latent_channels=16, shift_factor=0.0609, scaling_factor=1.5305)
+    pipe = StableDiffusion3Pipeline(transformer=net, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+                                    text_encoder=te, tokenizer=tok, text_encoder_2=te2, tokenizer_2=tok,
+                                    text_encoder_3=te3, tokenizer_3=tok3)
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def random_flux_folder(out: str | Path, *, seed: int = 0, guidance_embeds: bool = True) -> Path:
+    """A tiny Flux-format folder with random weights (CLIP and T5, a FluxTransformer2DModel with one double and
+    one single block on 2×2-packed 4-channel latents, a VAE with shift and scaling factors, FlowMatch with
+    Flux's dynamic shifting), saved by FluxPipeline itself. `guidance_embeds`: a guidance-distilled (dev) model."""
+    transformers = require_transformers()
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    out = Path(out)
+    tok = clip_tokenizer(out)
+    torch.manual_seed(seed)
+    te = transformers.CLIPTextModel(clip_config(len(tok)))
+    tok2 = t5_tokenizer(out)
+    te2 = t5_encoder(len(tok2), 32)
+    net = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                                 num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                                 guidance_embeds=guidance_embeds, axes_dims_rope=(4, 4, 8))
+    vae = tiny_vae(16, latent_channels=4, shift_factor=0.1159, scaling_factor=0.3611)
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                            base_image_seq_len=256, max_image_seq_len=4096)
+    pipe = FluxPipeline(scheduler=sched, vae=vae, text_encoder=te, tokenizer=tok, text_encoder_2=te2,
+                        tokenizer_2=tok2, transformer=net)
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out

@@ -60,6 +60,8 @@ class SamplingDefaults:
     #: False where the model's own denoiser takes any sampler (MeanFlow): students only for their own
     #: sampler, spacing and step counts
     students_only: bool = True
+    #: guidance-distilled models (Flux-dev): the default of the guidance scale they take as a network input
+    distilled_guidance: float | None = None
 
     def best_for(self, nfe: int) -> dict[str, Any]:
         """The winner at the largest measured NFE within the budget, with as many steps as the budget allows."""
@@ -90,6 +92,8 @@ class Model:
     folder: Path | None = None
     #: exact mixtures: the ground-truth distribution (exact log-likelihood)
     mixture: Any = None
+    #: latent models: latent sizes must be multiples of this (the transformer's patch; Flux's 2×2 packing)
+    patch: int = 1
 
     # ------------------------------------------------------------------------------ images ⇄ samples
     @property
@@ -122,19 +126,32 @@ class Model:
                 raise UsageError(f"{self.name} makes {own[1]}×{own[2]} images, not {h}×{w}")
             return self.sample_shape
         f = own[-1] // self.sample_shape[-1]
-        if h % f or w % f:
-            raise UsageError(f"{self.name}: size must be a multiple of {f} (its latent scale), got {h}×{w}")
+        m = f * self.patch
+        if h % m or w % m:
+            why = f"its latent scale {f} × patch {self.patch}" if self.patch > 1 else "its latent scale"
+            (w0, w1), (h0, h1) = (max(m, w // m * m), -(-w // m) * m), (max(m, h // m * m), -(-h // m) * m)
+            raise UsageError(f"{self.name}: width and height must be multiples of {m} ({why}), got {w}x{h}: "
+                             f"e.g. {w0}x{h0} or {w1}x{h1}")
         return (self.sample_shape[0], h // f, w // f)
 
     # ------------------------------------------------------------------------------------- conditions
-    def condition(self, value: Any) -> dict[str, torch.Tensor]:
-        """Network keyword arguments for per-sample class labels or prompts."""
+    def condition(self, value: Any, distilled_guidance: float | None = None) -> dict[str, torch.Tensor]:
+        """Network keyword arguments for per-sample class labels or prompts; a guidance-distilled model takes
+        the `distilled_guidance` scale (its default when None) as its `guidance` input (give the negative
+        prompt's condition the same scale)."""
+        d = self.defaults.distilled_guidance
+        if distilled_guidance is not None and d is None:
+            raise UsageError(f"{self.name} is not guidance-distilled: it takes no distilled guidance scale (use "
+                             "guidance, classifier-free)")
         if self.condition_kind == "prompt":
             if isinstance(value, str):
                 value = [value]
             if not isinstance(value, Sequence) or not all(isinstance(p, str) for p in value):
                 raise UsageError(f"{self.name} takes prompts (strings), not {type(value).__name__}")
-            return self.encoder.condition(list(value))
+            cond = self.encoder.condition(list(value))
+            if distilled_guidance is None:
+                return cond
+            return {**cond, "guidance": torch.full_like(cond["guidance"], float(distilled_guidance))}
         if self.condition_kind == "class":
             return self.denoiser.conditioning.condition(value)
         raise UsageError(f"{self.name} is unconditional: it takes neither classes nor prompts")

@@ -12,7 +12,7 @@ from importlib import import_module
 from types import ModuleType
 
 #: the formats, most specific first
-FORMATS = ("mixture", "run_folder", "sdxl", "sd", "distilled", "meanflow", "dit_folder", "unet_folder")
+FORMATS = ("mixture", "run_folder", "sdxl", "sd3", "flux", "sd", "distilled", "meanflow", "dit_folder", "unet_folder")
 
 
 def format_module(name: str) -> ModuleType:

@@ -38,6 +38,17 @@ def detect(spec: str, path: Path | None) -> bool:
     return "text_encoder" in index and "text_encoder_2" not in index
 
 
+def pipeline_class_is(path: Path | None, name: str) -> bool:
+    """Whether `path` holds a model_index.json naming the diffusers pipeline class `name`."""
+    f = None if path is None else path / "model_index.json"
+    if f is None or not f.is_file():
+        return False
+    try:
+        return read_json(f).get("_class_name") == name
+    except (UsageError, CheckpointError):
+        return False
+
+
 @dataclass(frozen=True, eq=False)
 class PromptConditioning:
     """A prompt-conditioned network: the condition is the network keyword arguments of a prompt; the
@@ -83,14 +94,12 @@ class LatentDiffusion:
         self.vae = load_diffusers(path / "vae", ("AutoencoderKL",), device, dtype)
         self.net = self.load_networks(path, device, dtype)
         self.scaling_factor = float(self.vae.config.scaling_factor)
+        self.shift_factor = float(getattr(self.vae.config, "shift_factor", None) or 0.0)  # SD3, Flux
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        size = self.unet.config.sample_size
-        size = size if isinstance(size, int) else size[0]
-        self.latent_shape = (int(self.unet.config.in_channels), size, size)
+        self.latent_shape = self.default_latent_shape()
         self._cache: dict[str, dict[str, torch.Tensor]] = {}
         self._lock = threading.Lock()
-        self.denoiser = network_denoiser(path, self.net, self.latent_shape, PromptConditioning(self.null_condition()),
-                                         dtype)
+        self.denoiser = self.make_denoiser(path, PromptConditioning(self.null_condition()), dtype)
 
     def load_networks(self, path: Path, device: torch.device | str, dtype: torch.dtype | None) -> torch.nn.Module:
         """The denoising network (what the Denoiser calls) and the text encoders and tokenizers."""
@@ -99,12 +108,36 @@ class LatentDiffusion:
         self.tokenizer = load_tokenizer(path / "tokenizer")
         return self.unet
 
+    def make_denoiser(self, path: Path, conditioning: Any, dtype: torch.dtype | None) -> Any:
+        """The Denoiser of the network and the folder's scheduler config."""
+        return network_denoiser(path, self.net, self.latent_shape, conditioning, dtype)
+
+    def default_latent_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of the latents the pipeline makes when no size is given (the UNet's sample size)."""
+        size = self.unet.config.sample_size
+        size = size if isinstance(size, int) else size[0]
+        return (int(self.unet.config.in_channels), size, size)
+
     def encode_one(self, prompt: str) -> dict[str, torch.Tensor]:
         """One prompt's network keyword arguments (unbatched): the CLIP last hidden state."""
-        dev = next(self.text_encoder.parameters()).device
-        ids = self.tokenizer([prompt], padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
-        return {"encoder_hidden_states": self.text_encoder(ids.to(dev))[0][0]}
+        return {"encoder_hidden_states": self.text_encoder(self.token_ids(self.tokenizer, prompt))[0][0]}
+
+    def token_ids(self, tokenizer: Any, prompt: str, max_length: int | None = None, encoder: Any = None
+                  ) -> torch.Tensor:
+        """(1, L) token ids padded to the encoder's length, on its device; a prompt longer than that is truncated
+        with a warning naming what was cut (as diffusers warns)."""
+        import warnings
+
+        enc = encoder if encoder is not None else self.text_encoder
+        max_length = max_length or tokenizer.model_max_length
+        ids = tokenizer([prompt], padding="max_length", max_length=max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        full = tokenizer([prompt], padding="longest", return_tensors="pt").input_ids
+        if full.shape[-1] > ids.shape[-1]:
+            cut = tokenizer.batch_decode(full[:, max_length - 1:-1])[0]
+            warnings.warn(f"prompt truncated to {max_length} tokens for {type(enc).__name__}; dropped: {cut!r}",
+                          stacklevel=3)
+        return ids.to(next(enc.parameters()).device)
 
     def null_condition(self) -> dict[str, torch.Tensor]:
         """The unconditional branch: the empty prompt (StableDiffusionPipeline without a negative prompt)."""
@@ -134,27 +167,28 @@ class LatentDiffusion:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents → images in [-1, 1] with the VAE (latents divided by the scaling factor first)."""
+        """Latents → images in [-1, 1] with the VAE (latents divided by the scaling factor, plus the shift factor)."""
         p = next(self.vae.parameters())
-        out = self.vae.decode(latents.to(p.device, p.dtype) / self.scaling_factor).sample
+        out = self.vae.decode(latents.to(p.device, p.dtype) / self.scaling_factor + self.shift_factor).sample
         return out.float().clamp(-1, 1)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] → latents: the VAE posterior mean times the scaling factor (deterministic)."""
+        """Images in [-1, 1] → latents: (VAE posterior mean − shift factor) × scaling factor (deterministic)."""
         if images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape:
             raise UsageError(f"images must have shape (N, {', '.join(map(str, self.image_shape))}), "
                              f"got {tuple(images.shape)}")
         p = next(self.vae.parameters())
         dist = self.vae.encode(images.to(p.device, p.dtype)).latent_dist
-        return (dist.mean * self.scaling_factor).float()
+        return ((dist.mean - self.shift_factor) * self.scaling_factor).float()
 
 
 def load(spec: str, path: Path, device: torch.device, dtype: torch.dtype | None) -> Model:
     return prompt_model(spec, NAME, LatentDiffusion(path, device, dtype), path, guidance=7.5)
 
 
-def prompt_model(spec: str, fmt: str, pipe: LatentDiffusion, path: Path, guidance: float) -> Model:
+def prompt_model(spec: str, fmt: str, pipe: LatentDiffusion, path: Path, guidance: float, patch: int = 1,
+                 **defaults: Any) -> Model:
     """The latent, prompt-conditioned Model of a text-to-image folder."""
     return Model(spec, fmt, pipe.denoiser, pipe.latent_shape, condition_kind="prompt", codec=pipe, encoder=pipe,
-                 defaults=SamplingDefaults(guidance=guidance), folder=path)
+                 defaults=SamplingDefaults(guidance=guidance, **defaults), folder=path, patch=patch)

@@ -16,11 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...core.errors import CheckpointError, UsageError
+from ...core.errors import UsageError
 from ...models.contract import Model
-from ..checkpoint import read_json
 from ..networks import load_diffusers, load_text_encoder
-from .sd import LatentDiffusion, load_tokenizer, prompt_model
+from .sd import LatentDiffusion, load_tokenizer, pipeline_class_is, prompt_model
 
 NAME = "sdxl"
 PARTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
@@ -28,13 +27,7 @@ PARTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenize
 
 def detect(spec: str, path: Path | None) -> bool:
     """A folder whose model_index.json names a StableDiffusionXLPipeline."""
-    f = None if path is None else path / "model_index.json"
-    if f is None or not f.is_file():
-        return False
-    try:
-        return read_json(f).get("_class_name") == "StableDiffusionXLPipeline"
-    except (UsageError, CheckpointError):
-        return False
+    return pipeline_class_is(path, "StableDiffusionXLPipeline")
 
 
 class SizeConditionedUNet(nn.Module):
@@ -87,9 +80,7 @@ class SDXLDiffusion(LatentDiffusion):
     def encode_one(self, prompt: str) -> dict[str, torch.Tensor]:
         hidden, pooled = [], None
         for tok, enc in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
-            ids = tok([prompt], padding="max_length", max_length=tok.model_max_length, truncation=True,
-                      return_tensors="pt").input_ids
-            out = enc(ids.to(next(enc.parameters()).device), output_hidden_states=True)
+            out = enc(self.token_ids(tok, prompt, encoder=enc), output_hidden_states=True)
             hidden.append(out.hidden_states[-2][0])
             if out[0].ndim == 2:
                 pooled = out[0][0]
