@@ -126,7 +126,10 @@ def resolve_plan(req: Any, model: Model) -> SamplingPlan:
         plan = model.plan(req.steps, sampler if req.task not in _INVERSION_TASKS else "ddim", req.spacing,
                           req.timesteps)
     den = plan.denoiser
-    shape = model.shape_for(getattr(req, "size", None))
+    try:
+        shape = model.shape_for(getattr(req, "size", None))
+    except UsageError as e:
+        raise UsageError(f"request field size: {e}") from None
     if shape != model.sample_shape:  # before the step list: a dynamic flow shift follows the size
         den = den.replace(sample_shape=shape)
     if req.shift is not None:

@@ -255,11 +255,6 @@ class Service:
                     input_rows(req, model)
                 except UsageError as e:
                     raise UsageError(f"request field data: {e}") from None
-            if getattr(req, "size", None) is not None:
-                try:
-                    model.shape_for(req.size)
-                except UsageError as e:
-                    raise UsageError(f"request field size: {e}") from None
         except UsageError as e:
             raise ServiceError(400, field_of(str(e)), str(e)) from None
 
