@@ -92,10 +92,10 @@ class LatentDiffusion:
         dtype = None if dtype == torch.float32 else dtype
         self.path, self.index = path, index
         self.vae = load_diffusers(path / "vae", ("AutoencoderKL",), device, dtype)
+        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.net = self.load_networks(path, device, dtype)
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.shift_factor = float(getattr(self.vae.config, "shift_factor", None) or 0.0)  # SD3, Flux
-        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.latent_shape = self.default_latent_shape()
         self._cache: dict[str, dict[str, torch.Tensor]] = {}
         self._lock = threading.Lock()

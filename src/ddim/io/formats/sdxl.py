@@ -75,7 +75,7 @@ class SDXLDiffusion(LatentDiffusion):
         self.tokenizer = load_tokenizer(path / "tokenizer")
         self.tokenizer_2 = load_tokenizer(path / "tokenizer_2")
         self.force_zeros = bool(self.index.get("force_zeros_for_empty_prompt", True))
-        return SizeConditionedUNet(self.unet, 2 ** (len(self.vae.config.block_out_channels) - 1))
+        return SizeConditionedUNet(self.unet, self.vae_scale)
 
     def encode_one(self, prompt: str) -> dict[str, torch.Tensor]:
         hidden, pooled = [], None
