@@ -2,6 +2,8 @@
 the right stationary distribution on the exact mixture), consistency sampling, schedule search."""
 
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -345,8 +347,29 @@ def test_shipped_rectified_model_samples_at_its_measured_defaults():
 
     m = load_model("digits-rectified")
     assert m.denoiser.prediction_type == "flow_prediction"
-    assert m.defaults.best_for(4) == {"sampler": "unipc", "spacing": "karras", "steps": 4}
+    tuned = [1.0, 0.845, 0.6865, 0.17]  # the bench's FD-tuned levels at 4 NFE
+    assert m.defaults.best_for(4) == {"sampler": "unipc", "spacing": "karras", "steps": 4, "timesteps": tuned}
+    p = m.plan(4)
+    assert p.sampler == "unipc" and p.timesteps.tolist() == tuned
+    assert m.plan(5).timesteps is None and m.plan(5).spacing == "karras"  # another budget: the spacing
+    assert m.plan(4, spacing="uniform").timesteps is None
     for steps in (1, 2, 4):
         out = run(parse_request({"task": "sample", "model": "digits-rectified", "steps": steps, "n": 2, "seed": 0}))
         assert out.main.shape[0] == 2 and np.isfinite(out.main).all()
         assert out.stats.nfe == steps
+    assert out.provenance["plan"]["timesteps"] == tuned
+
+
+def test_sampling_json_keys_are_checked(tmp_path):
+    import shutil
+
+    from ddim.core.errors import CheckpointError
+    from ddim.io.loader import builtin_path, load_model
+
+    folder = tmp_path / "rf"
+    shutil.copytree(builtin_path("digits-rectified"), folder)
+    for entry, what in (({"sampler": "ddim", "steps": 2, "spacng": "uniform"}, "unknown keys spacng"),
+                        ({"sampler": "ddim", "steps": 2, "timesteps": [1.0]}, "timesteps must be")):
+        (folder / "sampling.json").write_text(json.dumps({"nfe": {"2": entry}}))
+        with pytest.raises(CheckpointError, match=what):
+            load_model(str(folder))

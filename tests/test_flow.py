@@ -152,6 +152,17 @@ def test_every_sampler_runs_from_pure_noise():
             assert float((out - fine).abs().max()) < 0.5, name
 
 
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
+def test_unipc_third_order_runs_from_pure_noise(variant):
+    """At t = 1 (λ = −∞) the oldest level has no finite slope: order 3 drops it (it gave NaN from step 3 on)."""
+    d = _flow_den()
+    x = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    fine = sample(d, x_T=x, steps=400, sampler="rk4")
+    errs = [float((sample(d, x_T=x, steps=n, sampler="unipc", order=3, variant=variant) - fine).abs().max())
+            for n in (10, 20, 40, 80)]
+    assert all(math.isfinite(e) for e in errs) and errs[3] < errs[2] < errs[1] and errs[3] < 3e-3, errs
+
+
 def test_flow_inversion_naive_vs_refined():
     d = _flow_den(t_max=0.98)
     x0 = MIX.sample(32, generator=torch.Generator().manual_seed(4))

@@ -63,6 +63,9 @@ class _Run(BaseModel):
     classes: list[NonNegInt] | None = Field(None, description="class-conditional models: classes cycled over samples")
     prompt: list[str] | None = Field(None, description="text-to-image models: prompts cycled over the samples")
     negative_prompt: str | None = None
+    prompt_truncation: Literal["warn", "refuse"] = Field(
+        "warn", description="a prompt longer than a text encoder takes: truncated with a warning naming what was "
+                            "dropped (as diffusers), or refused")
     guidance: GuidanceSpec = Field(default_factory=GuidanceSpec)
     sampler: str | None = Field(None, description="default: the model's measured best for `steps` NFE, else ddim")
     options: dict[str, Any] = Field(default_factory=dict, description="the sampler's own declared options")

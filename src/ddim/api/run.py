@@ -110,8 +110,9 @@ class _Ctx:
 
 
 # ------------------------------------------------------------------------------------------ resolution
-def resolve_plan(req: Any, model: Model) -> SamplingPlan:
-    """The run's denoiser, sampler and step list after the model's defaults, the shift and batch invariance."""
+def resolve_plan(req: Any, model: Model, inputs: torch.Tensor | None = None) -> SamplingPlan:
+    """The run's denoiser, sampler and step list after the model's defaults, the shift and batch invariance; at
+    the request's size, or (latent models) the size of its input images."""
     sampler = req.sampler
     if req.task in _INVERSION_TASKS and sampler not in (None, "ddim"):
         raise UsageError(f"{req.task} runs DDIM (η = 0) inversion; sampler {sampler!r} is not used there")
@@ -126,10 +127,11 @@ def resolve_plan(req: Any, model: Model) -> SamplingPlan:
         plan = model.plan(req.steps, sampler if req.task not in _INVERSION_TASKS else "ddim", req.spacing,
                           req.timesteps)
     den = plan.denoiser
+    sized = inputs is not None and model.codec is not None
     try:
-        shape = model.shape_for(getattr(req, "size", None))
+        shape = model.shape_for(tuple(inputs.shape[-2:]) if sized else getattr(req, "size", None))
     except UsageError as e:
-        raise UsageError(f"request field size: {e}") from None
+        raise UsageError(f"request field {'data' if sized else 'size'}: {e}") from None
     if shape != model.sample_shape:  # before the step list: a dynamic flow shift follows the size
         den = den.replace(sample_shape=shape)
     if req.shift is not None:
@@ -168,6 +170,8 @@ def check_condition(req: Any, model: Model) -> None:
         raise UsageError(f"request field classes: {model.name} takes {what}")
     if model.condition_kind != "prompt" and req.classes is None and not _labelled_data(req, model):
         _no_guidance(req, guidance_of(req, model))
+    if req.prompt_truncation == "refuse" and model.condition_kind == "prompt":
+        _refuse_long_prompts(req, model)
     distilled = model.defaults.distilled_guidance is not None
     if req.guidance.distilled is not None and not distilled:
         raise UsageError(f"request field guidance.distilled: {model.name} is not guidance-distilled (it takes no "
@@ -178,6 +182,19 @@ def check_condition(req: Any, model: Model) -> None:
     if getattr(req, "score", False) and tuple(model.image_shape) != (1, 8, 8):
         raise UsageError(f"request field score: the score is the digit classifier's, for 8×8 digit models; "
                          f"{model.name} makes {'×'.join(map(str, model.image_shape))} images")
+
+
+def _refuse_long_prompts(req: Any, model: Model) -> None:
+    """prompt_truncation "refuse": every prompt of the request (prompt, negative_prompt, to_prompt) must fit every
+    text encoder whole."""
+    for name in ("prompt", "negative_prompt", "to_prompt"):
+        value = getattr(req, name, None)
+        for i, p in enumerate([value] if isinstance(value, str) else value or []):
+            cut = model.encoder.truncations(p)
+            if cut:
+                where = f"{name}[{i}]" if name == "prompt" else name
+                raise UsageError(f"request field {name}: {where} is too long ({cut[0]}); shorten it or set "
+                                 "prompt_truncation to warn")
 
 
 def _labelled_data(req: Any, model: Model) -> bool:
@@ -216,7 +233,12 @@ def input_rows(req: Any, model: Model) -> tuple[torch.Tensor, torch.Tensor | Non
     """The request's data rows as images, and their labels when a class model encodes labelled data."""
     from ..io.inputs import input_labels, load_inputs
 
-    x = load_inputs(req.data, model.image_shape, index=req.index, n=req.n)
+    try:
+        x = load_inputs(req.data, model.input_shape(), index=req.index, n=req.n)
+        if model.codec is not None:
+            model.shape_for(tuple(x.shape[-2:]))
+    except UsageError as e:
+        raise UsageError(f"request field data: {e}") from None
     labels = None
     if req.classes is None and _labelled_data(req, model):
         labels = input_labels(req.data, index=req.index, n=req.n)
@@ -304,8 +326,8 @@ def digit_scores(images: np.ndarray, classes: list[int] | None, n: int) -> dict[
 def _img2img(req: Any, model: Model, ctx: _Ctx):
     from ..ops.editing import sdedit
 
-    plan = resolve_plan(req, model)
     images, labels = input_rows(req, model)
+    plan = resolve_plan(req, model, images)
     x0 = _encode(model, images, plan.denoiser.fixed_rows)
     kw = conditioning(req, model, len(x0), labels)
     out, stats = sdedit(plan.denoiser, x0, req.strength, timesteps=plan.timesteps, sampler=plan.sampler,
@@ -319,8 +341,8 @@ def _invert(req: Any, model: Model, ctx: _Ctx):
     from ..core.sample import sample
     from ..ops.inversion import invert, normality
 
-    plan = resolve_plan(req, model)
     images, labels = input_rows(req, model)
+    plan = resolve_plan(req, model, images)
     x0 = _encode(model, images, plan.denoiser.fixed_rows)
     kw = conditioning(req, model, len(x0), labels)
     z, stats = invert(plan.denoiser, x0, timesteps=plan.timesteps, refine=req.refine, return_stats=True, **kw)
@@ -338,8 +360,8 @@ def _edit(req: Any, model: Model, ctx: _Ctx):
     from ..ops.editing import sdedit, swap_condition
     from ..ops.latent import edit
 
-    plan = resolve_plan(req, model)
     images, labels = input_rows(req, model)
+    plan = resolve_plan(req, model, images)
     x0 = _encode(model, images, plan.denoiser.fixed_rows)
     den = plan.denoiser
     if req.to_prompt is not None or req.to_class is not None:
@@ -362,6 +384,8 @@ def _edit(req: Any, model: Model, ctx: _Ctx):
             labels_out.append(f"SDEdit {s:g}")
         grid = torch.stack([_decode(model, o, den.fixed_rows) for o in outs])
         summary = {"mse": float((grid[1] - images).pow(2).mean()), "guidance": g.scale}
+        if model.codec is not None:  # the inversion's own error, without the VAE's round trip
+            summary["latent_mse"] = float((r.reconstruction - x0).pow(2).mean())
         return "grid", {"grid": _np(grid)}, summary, labels_out, RunStats(), plan
     if req.strength is not None or req.to_prompt is not None:
         raise UsageError("strength needs to_class or to_prompt (the condition to edit towards)")
@@ -380,12 +404,13 @@ def _interpolate(req: Any, model: Model, ctx: _Ctx):
     from ..core.noise import SeededNoise
     from ..ops.latent import interpolate
 
-    plan = resolve_plan(req, model)
     if req.endpoints is not None:
+        plan = resolve_plan(req, model)
         ends = SeededNoise(list(req.endpoints), model.sample_shape).initial().to(plan.denoiser.device())
         encode, labels = False, None
     else:
         images, labels = input_rows(req, model)
+        plan = resolve_plan(req, model, images)
         ends, encode = _encode(model, images, plan.denoiser.fixed_rows), True
     kw = conditioning(req, model, 1, None if labels is None else labels[:1])
     xs = interpolate(plan.denoiser, ends[:1], ends[1:], req.n, method=req.method, encode=encode,
@@ -398,8 +423,8 @@ def _likelihood(req: Any, model: Model, ctx: _Ctx):
 
     if model.codec is not None:
         raise UsageError(f"{model.name}: likelihoods are computed for pixel models")
-    plan = resolve_plan(req, model)
     x, labels = input_rows(req, model)
+    plan = resolve_plan(req, model, x)
     x = x.double() if req.float64 else x
     kw = conditioning(req, model, len(x), labels)
     ll = log_likelihood(plan.denoiser, x, exact=req.exact, probes=req.probes, bits_per_dim=req.bits_per_dim, **kw)

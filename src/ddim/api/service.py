@@ -249,12 +249,10 @@ class Service:
         try:
             model = self.models.get(req.model, req.device, req.dtype)
             check_condition(req, model)
-            resolve_plan(req, model)
-            if getattr(req, "data", None) is not None:
-                try:
-                    input_rows(req, model)
-                except UsageError as e:
-                    raise UsageError(f"request field data: {e}") from None
+            rows = None
+            if getattr(req, "data", None) is not None and getattr(req, "endpoints", None) is None:
+                rows = input_rows(req, model)[0]
+            resolve_plan(req, model, rows)
         except UsageError as e:
             raise ServiceError(400, field_of(str(e)), str(e)) from None
 

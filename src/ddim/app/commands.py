@@ -87,8 +87,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 def cmd_schedule(args: argparse.Namespace) -> int:
     from ..io.loader import load_model
-    from ..io.schedule_file import FILE, write_schedule
-    from ..ops.optimize import search_schedule
+    from ..io.schedule_file import FILE, search_for_model, write_schedule
+    from .requests import image_size
 
     model = load_model(args.model)
     out = Path(args.out) if args.out else (model.folder / FILE if model.folder is not None else None)
@@ -104,9 +104,11 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     elif args.data is not None:
         raise UsageError("--data is for --method ays (the other searches start from noise)")
     t0 = time.perf_counter()
-    r = search_schedule(model.denoiser, args.nfe, args.sampler, method=args.method, n_cal=args.n_cal,
-                        progress=True, **kw)
-    write_schedule(out, model.denoiser, r, args.method, args.n_cal)
+    size = image_size(args.size) if args.size is not None else None
+    r, searched = search_for_model(model, args.nfe, args.sampler, args.method, args.n_cal, prompt=args.prompt,
+                                   negative_prompt=args.negative_prompt, guidance=args.guidance, size=size,
+                                   progress=True, **kw)
+    write_schedule(out, model.denoiser, r, args.method, args.n_cal, searched)
     print(f"{args.method} schedule for {args.sampler} at NFE {args.nfe}: {[round(t, 4) for t in r.timesteps.tolist()]}"
           f" in {time.perf_counter() - t0:.1f} s")
     print(f"calibration error {r.error_optimized:.4g} (best fixed spacing {r.error_start:.4g}; calibration batch "
@@ -128,11 +130,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from ..bench.suites import run
+    from .requests import image_size
 
     command = "ddim " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else f"ddim bench {args.suite}"
     run(args.suite, args.out, quick=args.quick, command=command, device=args.device, n=args.n,
         steps_list=args.steps_list, steps=args.steps, seeds=args.seeds, reflowed=args.reflowed, model=args.model,
-        meanflow=args.meanflow)
+        meanflow=args.meanflow, size=image_size(args.size) if args.size is not None else None)
     return 0
 
 

@@ -102,6 +102,9 @@ def _add_guidance_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--apg-momentum", type=float, default=None, help="APG: momentum β in (-1, 0] (default 0)")
     p.add_argument("--cfg-two-calls", action="store_true",
                    help="run the conditional and unconditional branches as two calls (less memory)")
+    p.add_argument("--prompt-truncation", choices=["warn", "refuse"], default=None,
+                   help="text-to-image folders: a prompt longer than a text encoder takes is truncated with a "
+                        "warning naming what was dropped (warn, as diffusers; the default) or refused (refuse)")
 
 
 
@@ -213,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "Your Steps' KL upper bound minimised by dynamic programming (needs --data)")
     p.add_argument("--data", default=None, help="--method ays: the model's training data (e.g. digits, mog3)")
     p.add_argument("--n-cal", type=_positive_int, default=512, help="calibration samples (default: %(default)s)")
+    p.add_argument("--prompt", default=None, help="text-to-image folders: the prompt to search under (default: "
+                                                   "the empty prompt)")
+    p.add_argument("--negative-prompt", default=None, help="text-to-image folders: the negative prompt")
+    p.add_argument("--guidance", type=_finite_nonneg, default=None,
+                   help="text-to-image folders: the CFG scale to search under (default: the model's)")
+    p.add_argument("--size", nargs="+", default=None, metavar="WxH",
+                   help="latent models: the image size to search at, WIDTHxHEIGHT (default: the model's)")
     p.add_argument("--out", default=None, help="where to write (default: MODEL/schedule.json)")
     p.set_defaults(func=cmd_schedule)
 
@@ -374,9 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_positive_int, default=3,
                    help="seed sets pooled per cell for the quality suites (default 3)")
     p.add_argument("--model", default=None, metavar="FOLDER",
-                   help="speed / reconstruction suites: a Stable-Diffusion-format folder (speed: beside diffusers' "
-                        "pipeline; reconstruction: prompt-conditioned inversion under guidance 1 / 3 / 7.5); "
-                        "fewstep: a consistency-distilled model to add")
+                   help="speed / reconstruction suites: a text-to-image folder, SD, SDXL, SD3 or Flux (speed: beside "
+                        "diffusers' pipeline; reconstruction: prompt-conditioned inversion under guidance 1 / 3 / "
+                        "7.5); fewstep: a consistency-distilled model to add")
+    p.add_argument("--size", nargs="+", default=None, metavar="WxH",
+                   help="speed / reconstruction with --model: the image size, WIDTHxHEIGHT (default: the folder's)")
     p.add_argument("--reflowed", default=None, metavar="MODEL",
                    help="flow / fewstep suites: a reflowed model (from ddim reflow) to compare at few NFE")
     p.add_argument("--meanflow", default=None, metavar="MODEL",

@@ -82,7 +82,8 @@ def request_from_args(args: argparse.Namespace) -> Any:
             options["eta"] = args.eta
     d: dict[str, Any] = {"task": task, "model": args.model, "steps": args.steps, "guidance": _guidance(args),
                          "options": options, "batch_invariant": args.batch_invariant,
-                         "classes": _classes(args.class_), **_given(args, "spacing", "shift", "device", "dtype")}
+                         "classes": _classes(args.class_),
+                         **_given(args, "spacing", "shift", "device", "dtype", "prompt_truncation")}
     if args.prompt:
         d["prompt"] = list(args.prompt)
     if task == "sample":

@@ -15,18 +15,33 @@ from ..core.errors import UsageError
 
 def peak_sampling_mb(model: str, batch: int, steps: int, *, sampler: str = "ddim", trajectory: bool = False,
                      device: str = "cpu", prompt: str | None = None, guidance: float = 7.5,
-                     diffusers_scheduler: str | None = None) -> float:
+                     diffusers_scheduler: str | None = None, size: tuple[int, int] | None = None) -> float:
     """MB that one `sample()` call adds at its peak, measured in a fresh Python process. With `prompt` (a
-    Stable-Diffusion folder): one text-to-image call under CFG, by our sampler, or by diffusers'
-    StableDiffusionPipeline with `diffusers_scheduler` (a class name) when given."""
+    text-to-image folder): one text-to-image call under CFG at `size` (height, width; default the model's), by
+    our sampler, or by the folder's diffusers pipeline with `diffusers_scheduler` (a class name) when given."""
     args = json.dumps({"model": model, "batch": batch, "steps": steps, "sampler": sampler,
                        "trajectory": trajectory, "device": device, "prompt": prompt, "guidance": guidance,
-                       "diffusers_scheduler": diffusers_scheduler})
+                       "diffusers_scheduler": diffusers_scheduler, "size": None if size is None else list(size)})
     r = subprocess.run([sys.executable, "-m", "ddim.bench.memory", args], capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
         raise UsageError(f"memory probe failed: {last}")
     return float(r.stdout.strip().splitlines()[-1])
+
+
+def pipeline_kwargs(pipe: Any, guidance: float, size: tuple[int, int] | None) -> dict[str, Any]:
+    """diffusers' call arguments for the work of our run under CFG `guidance` at `size` (height, width): Flux's
+    CFG is `true_cfg_scale` against the empty negative prompt (its `guidance_scale` is the distilled input, left
+    at the pipeline's default, as ours)."""
+    kw: dict[str, Any] = {} if size is None else {"height": int(size[0]), "width": int(size[1])}
+    if type(pipe).__name__ == "FluxPipeline":
+        return {**kw, "true_cfg_scale": guidance, **({"negative_prompt": ""} if guidance > 1 else {})}
+    return {**kw, "guidance_scale": guidance}
+
+
+def sized_codec(model: Any, size: tuple[int, int] | None) -> Any:
+    """A text-to-image model's LatentDiffusion at `size` (height, width; None: its own)."""
+    return model.codec.resized(model.shape_for(None if size is None else tuple(size)))
 
 
 def diffusers_pipeline(folder: str, device: str = "cpu") -> Any:
@@ -63,14 +78,14 @@ def _run_text_to_image(spec: dict):
         pipe = diffusers_pipeline(spec["model"], spec["device"])
         pipe.scheduler = getattr(diffusers, spec["diffusers_scheduler"]).from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
+        kw = pipeline_kwargs(pipe, spec["guidance"], spec.get("size"))
 
         def run(steps: int, n: int) -> None:
-            pipe([spec["prompt"]] * n, num_inference_steps=steps, guidance_scale=spec["guidance"],
-                 generator=torch.Generator().manual_seed(0))
+            pipe([spec["prompt"]] * n, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), **kw)
         return run
     from ..ops.text_to_image import text_to_image
 
-    lp = load_model(spec["model"], spec["device"])
+    lp = sized_codec(load_model(spec["model"], spec["device"]), spec.get("size"))
 
     def run(steps: int, n: int) -> None:
         text_to_image(lp, spec["prompt"], n, guidance=spec["guidance"], steps=steps, sampler=spec["sampler"])

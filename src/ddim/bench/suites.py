@@ -25,6 +25,7 @@ class BenchOptions:
     reflowed: str | None = None
     model: str | None = None
     meanflow: str | None = None
+    size: tuple[int, int] | None = None  # text-to-image suites: (height, width)
 
 
 #: name → function(options) returning the report text (or the path of a report it wrote itself)
@@ -68,7 +69,7 @@ def _speed(o: BenchOptions) -> str:
     if o.model is not None:  # a text-to-image folder beside diffusers' pipeline
         from .text2image import speed_text2image
 
-        return speed_text2image(o.out, o.quick, o.command, o.model, o.device)
+        return speed_text2image(o.out, o.quick, o.command, o.model, o.device, o.size)
     from .quality import speed
 
     return speed(o.out, o.quick, o.command, o.device)
@@ -86,7 +87,7 @@ def _reconstruction(o: BenchOptions) -> str:
     if o.model is not None:
         from .text2image import reconstruction_text2image
 
-        return reconstruction_text2image(o.out, o.quick, o.command, o.model)
+        return reconstruction_text2image(o.out, o.quick, o.command, o.model, o.size)
     from .quality import reconstruction
 
     return reconstruction(o.out, o.quick, o.command)
@@ -131,6 +132,8 @@ def run(name: str, out: str | Path, *, quick: bool = False, command: str = "", *
 
     if name not in SUITES:
         raise UsageError(f"unknown bench suite {name!r}; choose one of {', '.join(SUITES)}")
+    if flags.get("size") is not None and not (name in ("speed", "reconstruction") and flags.get("model")):
+        raise UsageError("--size is for the speed and reconstruction suites on a text-to-image folder (--model)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     text = SUITES[name](BenchOptions(out, quick, command or f"ddim bench {name}", **flags))

@@ -30,12 +30,15 @@ def resolve_device(spec: str) -> torch.device:
     return dev
 
 
-def load_inputs(source: str, sample_shape: Sequence[int], *, index: Sequence[int] | None = None,
+def load_inputs(source: str, sample_shape: Sequence[int | None], *, index: Sequence[int] | None = None,
                 n: int | None = None) -> torch.Tensor:
-    """Rows of a dataset (a built-in name or a .npy/.npz file): the rows in `index`, or the first `n`."""
+    """Rows of a dataset (a built-in name or a .npy/.npz file): the rows in `index`, or the first `n`. A None
+    entry of `sample_shape` takes any size (latent models: the size is checked against the model afterwards)."""
     x = load_data(source)
-    if tuple(x.shape[1:]) != tuple(sample_shape):
-        raise UsageError(f"inputs have sample shape {tuple(x.shape[1:])}, the model takes {tuple(sample_shape)}")
+    if len(x.shape) != len(sample_shape) + 1 or any(
+            want is not None and got != want for got, want in zip(x.shape[1:], sample_shape, strict=False)):
+        want = "(" + ", ".join("any" if v is None else str(v) for v in sample_shape) + ")"
+        raise UsageError(f"inputs have sample shape {tuple(x.shape[1:])}, the model takes {want}")
     if index:
         bad = [i for i in index if not 0 <= i < x.shape[0]]
         if bad:

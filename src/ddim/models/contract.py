@@ -48,7 +48,8 @@ class SamplingPlan:
 @dataclass(frozen=True)
 class SamplingDefaults:
     """A model's measured defaults: the best sampler and spacing per NFE budget (sampling.json, from
-    `ddim bench flow`), a consistency sampler for LCM/TCD models, the default guidance scale."""
+    `ddim bench flow` / `fewstep`; an entry may carry its tuned level list), a consistency sampler for LCM/TCD
+    models, the default guidance scale."""
 
     nfe: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
     sampler: str | None = None
@@ -134,6 +135,12 @@ class Model:
                              f"e.g. {w0}x{h0} or {w1}x{h1}")
         return (self.sample_shape[0], h // f, w // f)
 
+    def input_shape(self) -> tuple[int | None, ...]:
+        """The image shape data rows must have: the model's own for pixel models; any height and width for latent
+        models (None entries; `shape_for` then checks them), so img2img and inversion take every size it samples."""
+        own = self.image_shape
+        return own if self.codec is None or len(own) != 3 else (own[0], None, None)
+
     # ------------------------------------------------------------------------------------- conditions
     def condition(self, value: Any, distilled_guidance: float | None = None) -> dict[str, torch.Tensor]:
         """Network keyword arguments for per-sample class labels or prompts; a guidance-distilled model takes
@@ -187,6 +194,10 @@ class Model:
             return SamplingPlan(self.denoiser, sampler, spacing, steps)
         best = self.defaults.best_for(steps)
         if best:
+            ts = best.get("timesteps")
+            if ts is not None and spacing is None and len(ts) == best["steps"]:  # a budget of the entry's own NFE
+                return SamplingPlan(self.denoiser, best["sampler"], None, len(ts),
+                                    self.denoiser.path.validate_timesteps(ts))
             return SamplingPlan(self.denoiser, best["sampler"], spacing or best.get("spacing"), int(best["steps"]))
         if self.defaults.sampler is not None:  # a model shipped with LCM/TCD scheduling samples that way
             return SamplingPlan(self.denoiser, self.defaults.sampler, spacing or self.defaults.spacing, steps)

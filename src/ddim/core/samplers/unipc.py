@@ -36,6 +36,10 @@ def unipc_terms(lv: Levels, i: int, order: int, variant: str, corrector: bool, p
         return 1.0, 0.0, [], 0.0
     while order > 1 and any(lv.lam[i - k] == lv.lam[i] for k in range(1, order)):  # a repeated level: no slope
         order -= 1
+    # pure noise (a flow's t = 1, λ = −∞) as the oldest level: the two-level formulas take their finite limit
+    # (its term vanishes), higher orders have none, so they drop that level
+    while order > 2 and math.isinf(lv.lam[i - order + 1]):
+        order -= 1
     hh = -h if predict_x0 else h
     scale = a_next if predict_x0 else s_next
     h_phi_1 = math.expm1(hh)

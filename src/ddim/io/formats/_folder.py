@@ -25,6 +25,11 @@ def scheduler_file(path: Path) -> Path:
     raise UsageError(f"{path} has no scheduler config (scheduler/scheduler_config.json)")
 
 
+#: what a sampling.json entry may hold: the sampler, its spacing and steps, and optionally an explicit level list
+#: used when the budget is exactly that entry's (other budgets take the spacing)
+SAMPLING_KEYS = {"sampler", "spacing", "steps", "timesteps"}
+
+
 def sampling_defaults(path: Path | None, **kw: Any) -> SamplingDefaults:
     """A folder's measured defaults: sampling.json's table, or the consistency sampler of an LCM/TCD config."""
     if path is None:
@@ -38,6 +43,15 @@ def sampling_defaults(path: Path | None, **kw: Any) -> SamplingDefaults:
                                                                                               str)}
         except (TypeError, ValueError):
             raise CheckpointError(f"{f}: nfe must map budgets (integers) to {{sampler, spacing}}") from None
+        for k, v in table.items():
+            unknown = sorted(set(v) - SAMPLING_KEYS)
+            if unknown:
+                raise CheckpointError(f"{f}: nfe {k} has unknown keys {', '.join(unknown)} (known: "
+                                      f"{', '.join(sorted(SAMPLING_KEYS))})")
+            ts = v.get("timesteps")
+            if ts is not None and (not isinstance(ts, list) or len(ts) != v.get("steps")
+                                   or not all(isinstance(t, int | float) for t in ts)):
+                raise CheckpointError(f"{f}: nfe {k} timesteps must be a list of `steps` numbers")
     sampler = spacing = None
     sched = path / "scheduler" / "scheduler_config.json"
     if sched.is_file():

@@ -8,6 +8,7 @@ Needs `transformers` (the `text` extra).
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -98,6 +99,8 @@ class LatentDiffusion:
         self.shift_factor = float(getattr(self.vae.config, "shift_factor", None) or 0.0)  # SD3, Flux
         self.latent_shape = self.default_latent_shape()
         self._cache: dict[str, dict[str, torch.Tensor]] = {}
+        self._cut: dict[str, tuple[str, ...]] = {}  # what encoding each prompt truncated
+        self._notes: list[str] = []
         self._lock = threading.Lock()
         self.denoiser = self.make_denoiser(path, PromptConditioning(self.null_condition()), dtype)
 
@@ -125,7 +128,7 @@ class LatentDiffusion:
     def token_ids(self, tokenizer: Any, prompt: str, max_length: int | None = None, encoder: Any = None
                   ) -> torch.Tensor:
         """(1, L) token ids padded to the encoder's length, on its device; a prompt longer than that is truncated
-        with a warning naming what was cut (as diffusers warns)."""
+        with a warning naming what was cut (as diffusers warns), recorded for `truncations`."""
         import warnings
 
         enc = encoder if encoder is not None else self.text_encoder
@@ -135,13 +138,24 @@ class LatentDiffusion:
         full = tokenizer([prompt], padding="longest", return_tensors="pt").input_ids
         if full.shape[-1] > ids.shape[-1]:
             cut = tokenizer.batch_decode(full[:, max_length - 1:-1])[0]
-            warnings.warn(f"prompt truncated to {max_length} tokens for {type(enc).__name__}; dropped: {cut!r}",
-                          stacklevel=3)
+            note = f"prompt truncated to {max_length} tokens for {type(enc).__name__}; dropped: {cut!r}"
+            self._notes.append(note)
+            warnings.warn(note, stacklevel=3)
         return ids.to(next(enc.parameters()).device)
 
     def null_condition(self) -> dict[str, torch.Tensor]:
         """The unconditional branch: the empty prompt (StableDiffusionPipeline without a negative prompt)."""
         return self.condition([""])
+
+    def resized(self, latent_shape: Sequence[int]) -> LatentDiffusion:
+        """The same parts at another latent size (encoders and prompt memo shared), its denoiser resized so a
+        dynamic flow shift follows the size."""
+        if tuple(latent_shape) == tuple(self.latent_shape):
+            return self
+        out = copy.copy(self)
+        out.latent_shape = tuple(int(v) for v in latent_shape)
+        out.denoiser = self.denoiser.replace(sample_shape=out.latent_shape)
+        return out
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -157,9 +171,16 @@ class LatentDiffusion:
         with self._lock:
             for p in dict.fromkeys(prompts):
                 if p not in self._cache:
+                    self._notes = []
                     self._cache[p] = self.encode_one(p)
+                    self._cut[p] = tuple(self._notes)
             rows = [self._cache[p] for p in prompts]
         return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+    def truncations(self, prompt: str) -> tuple[str, ...]:
+        """What each text encoder drops of `prompt` (empty when it fits them all); encodes it once if needed."""
+        self.condition([prompt])
+        return self._cut[prompt]
 
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
         """(len(prompts), L, D) text embeddings (`encoder_hidden_states`)."""
@@ -175,8 +196,9 @@ class LatentDiffusion:
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] → latents: (VAE posterior mean − shift factor) × scaling factor (deterministic)."""
-        if images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape:
-            raise UsageError(f"images must have shape (N, {', '.join(map(str, self.image_shape))}), "
+        c, f = self.image_shape[0], self.vae_scale
+        if images.ndim != 4 or images.shape[1] != c or images.shape[2] % f or images.shape[3] % f:
+            raise UsageError(f"images must have shape (N, {c}, H, W) with H and W multiples of {f}, "
                              f"got {tuple(images.shape)}")
         p = next(self.vae.parameters())
         dist = self.vae.encode(images.to(p.device, p.dtype)).latent_dist
