@@ -163,3 +163,21 @@ def test_speed_and_reconstruction_benches_on_flow_folders(folders, tmp_path):
                  "--out", str(tmp_path / "rec")]) == 0
     assert "| 10 | 7.5 |" in (tmp_path / "rec" / "report.md").read_text()
     assert main(["bench", "quality", "--size", "16x16", "--quick", "--out", str(tmp_path / "q")]) == 2
+
+
+def _sdxl_samplers():
+    from ddim.core.samplers import SAMPLERS
+
+    return sorted(SAMPLERS)
+
+
+@pytest.mark.parametrize("sampler", _sdxl_samplers())
+def test_every_sampler_runs_on_sdxl(folders, sampler):
+    """Each sampler, a few steps under CFG on the SDXL folder through the request API (SD3 and Flux: in
+    tests/test_sd3_flux.py)."""
+    from ddim.api import parse_request, run
+
+    req = parse_request({"task": "sample", "model": str(folders["sdxl"]), "prompt": ["a cat"], "n": 1, "seed": 1,
+                         "steps": 3, "sampler": sampler, "size": [16, 16], "guidance": {"scale": 3.0}})
+    img = run(req).arrays["samples"]
+    assert img.shape == (1, 3, 16, 16) and np.isfinite(img).all()
