@@ -181,3 +181,23 @@ def test_every_sampler_runs_on_sdxl(folders, sampler):
                          "steps": 3, "sampler": sampler, "size": [16, 16], "guidance": {"scale": 3.0}})
     img = run(req).arrays["samples"]
     assert img.shape == (1, 3, 16, 16) and np.isfinite(img).all()
+
+
+@pytest.mark.parametrize("name, part, cls, says", [
+    ("flux", "transformer", "SD3Transformer2DModel", r"transformer: expected FluxTransformer2DModel, found SD3"),
+    ("sd3", "text_encoder_3", "CLIPTextModel", r"text_encoder_3: supported text encoders are T5EncoderModel"),
+    ("sdxl", "unet", "UNet2DModel", r"unet: expected UNet2DConditionModel, found UNet2DModel")])
+def test_a_part_of_the_wrong_class_is_named(folders, tmp_path, name, part, cls, says):
+    import shutil
+
+    from ddim.io.loader import load_model
+
+    broken = tmp_path / name
+    shutil.copytree(folders[name], broken)
+    cfg_file = broken / part / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    key = "architectures" if "architectures" in cfg else "_class_name"
+    cfg[key] = [cls] if key == "architectures" else cls
+    cfg_file.write_text(json.dumps(cfg))
+    with pytest.raises(UsageError, match=says):
+        load_model(str(broken))
