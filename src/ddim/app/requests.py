@@ -185,7 +185,8 @@ def describe(result: Any, ranks: int = 1) -> str:
         if "direction" in s:
             return f"edited {result.main.shape[1]} samples along {s['direction']} at scales {req['scales']}"
         return (f"edited {result.main.shape[1]} samples ({req['inversion']} inversion, {plan['steps']} steps, "
-                f"guidance {s['guidance']:g}): reconstruction MSE {s['mse']:.3e}")
+                f"guidance {s['guidance']:g}): reconstruction MSE {s['mse']:.3e}"
+                + (f" (latents {s['latent_mse']:.3e}; the rest is the VAE's round trip)" if "latent_mse" in s else ""))
     if result.task == "interpolate":
         return f"decoded a {req['method']} path of {req['n']} points with DDIM {plan['steps']} steps"
     line = (f"{len(result.main)} samples under {name}: mean {s['mean']:.4f} {s['unit']} (std {s['std']:.4f}), "
