@@ -233,10 +233,8 @@ def input_rows(req: Any, model: Model) -> tuple[torch.Tensor, torch.Tensor | Non
     """The request's data rows as images, and their labels when a class model encodes labelled data."""
     from ..io.inputs import input_labels, load_inputs
 
-    try:
+    try:  # a latent model's size is checked by resolve_plan at the rows' size
         x = load_inputs(req.data, model.input_shape(), index=req.index, n=req.n)
-        if model.codec is not None:
-            model.shape_for(tuple(x.shape[-2:]))
     except UsageError as e:
         raise UsageError(f"request field data: {e}") from None
     labels = None

@@ -36,9 +36,9 @@ def _time(fn: Any, repeat: int) -> float:
 
 
 def default_guidance(model: Any) -> float:
-    """The CFG scale a folder is benchmarked under: 7.5, or none for guidance-distilled Flux (its distilled input
-    at the default, as its users run it)."""
-    return 1.0 if model.defaults.distilled_guidance is not None or model.format == "flux" else GUIDANCE
+    """The CFG scale a folder is benchmarked under: 7.5, or none for Flux (dev: its distilled input at the default,
+    as its users run it)."""
+    return 1.0 if model.format == "flux" else GUIDANCE
 
 
 def speed_text2image(out: Path, quick: bool, command: str, model: str, device: str = "cpu",
@@ -70,7 +70,7 @@ def speed_text2image(out: Path, quick: bool, command: str, model: str, device: s
         pipe(PROMPT, num_inference_steps=2, **pkw)
         for sampler, sched_name, steps in configs:
             try:
-                resolve_timesteps(lp.denoiser, steps, None, None)
+                step_list = resolve_timesteps(lp.denoiser, steps, None, None)
             except UsageError as e:  # e.g. SDXL's leading spacing with steps_offset 1 at 1000 steps
                 skipped.append(f"{sampler}-{steps}: {e} (diffusers' {sched_name} makes timestep {steps} there, "
                                "outside its table)")
@@ -80,18 +80,17 @@ def speed_text2image(out: Path, quick: bool, command: str, model: str, device: s
                 pipe.scheduler = getattr(diffusers, sched_name).from_config(base_cfg)
             # the network calls of the run: its sampler's NFE at the levels of its step list (the pipeline's own
             # levels where both run, by the parity tests)
-            levels = [lp.denoiser.path.time_input(float(t), x.shape[0], x.device)
-                      for t in resolve_timesteps(lp.denoiser, steps, None, None)]
+            levels = [lp.denoiser.path.time_input(float(t), x.shape[0], x.device) for t in step_list]
             ts = (levels * 2)[:SAMPLERS[sampler].nfe(steps)]
             t_net = _time(lambda ts=ts: [lp.net(x, t, **cond) for t in ts], repeat)
             t_ours = _time(lambda s=sampler, n=steps: text_to_image(lp, PROMPT, 1, guidance=g, steps=n, sampler=s),
                            repeat)
             t_theirs = None if sched_name is None else _time(
                 lambda n=steps: pipe(PROMPT, num_inference_steps=n, **pkw), repeat)
-            mem = [None if d is None and i else peak_sampling_mb(model, 1, steps, sampler=sampler, device=device,
-                                                                 prompt=PROMPT, guidance=g, diffusers_scheduler=d,
-                                                                 size=hw)
-                   for i, d in enumerate((None, sched_name))]
+            def peak(d: str | None, s: str = sampler, n: int = steps) -> float:
+                return peak_sampling_mb(model, 1, n, sampler=s, device=device, prompt=PROMPT, guidance=g,
+                                        diffusers_scheduler=d, size=hw)
+            mem = [peak(None), None if sched_name is None else peak(sched_name)]
             rows.append({"sampler": sampler, "steps": steps, "net": t_net, "ours": t_ours, "theirs": t_theirs,
                          "mem_ours": mem[0], "mem_theirs": mem[1], "scheduler": sched_name})
     c, h, w = lp.latent_shape
