@@ -337,6 +337,9 @@ def test_fewstep_bench_adds_a_reflowed_flow_model_with_its_calibrated_sampler(tm
     rows = [line for line in text.splitlines() if line.startswith("| reflowed flow |")]
     assert [r.split("|")[2].strip() for r in rows] == ["1", "2", "4"]
     assert "reflowed flow: `digits-flow`" in text
+    one = [line for line in text.splitlines() if line.startswith("| rectified, one-step distilled |")]
+    assert [r.split("|")[2].strip() for r in one] == ["1", "2", "4"]
+    assert "1 NFE ≤ 1.5× DDPM-1000 with a shipped model — " in text
 
 
 def test_shipped_rectified_model_samples_at_its_measured_defaults():

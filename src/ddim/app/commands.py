@@ -20,7 +20,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                  "checkpoint_every": args.checkpoint_every, "image_size": args.image_size,
                  "hidden": args.hidden, "depth": args.depth, "label_dropout": args.label_dropout,
                  "objective": args.objective, "time_sampling": args.time_sampling, "shift": args.shift,
-                 "logit_mean": args.logit_mean, "logit_std": args.logit_std,
+                 "logit_mean": args.logit_mean, "logit_std": args.logit_std, "loss": args.loss,
                  "interval_fraction": args.interval_fraction, "init_from": args.init_from,
                  "num_train_timesteps": args.num_train_timesteps, "adaptive_power": args.adaptive_power,
                  "conditional": True if args.conditional else None}
@@ -50,11 +50,13 @@ def cmd_reflow(args: argparse.Namespace) -> int:
 
     given = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                                 "warmup": args.warmup, "ema_decay": args.ema_decay, "seed": args.seed,
-                                "checkpoint_every": args.checkpoint_every}.items() if v is not None}
-    cfg = TrainConfig.from_dict({**given, "objective": "flow_matching", "prediction_type": "flow_prediction"}, "flags")
+                                "checkpoint_every": args.checkpoint_every,
+                                "time_sampling": args.time_sampling, "loss": args.loss}.items() if v is not None}
+    cfg = TrainConfig.from_dict({**given, "objective": "flow_matching", "prediction_type": "flow_prediction",
+                                 "pairs": "OUT/pairs.npz"}, "flags")
     t0 = time.perf_counter()
     run = reflow(args.model, args.out, n_pairs=args.pairs, pair_steps=args.pair_steps, pair_sampler=args.pair_sampler,
-                 train_config=cfg)
+                 train_config=cfg, init_from=args.init_from)
     print(f"reflowed {args.model} in {time.perf_counter() - t0:.1f} s: run {run}")
     if (run / "diffusers").is_dir():
         print(f"diffusers pipeline folder: {run / 'diffusers'}")

@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="meanflow: p of the adaptive loss weight 1/(|Δ|² + c)^p, 0 = plain MSE (default 1)")
     p.add_argument("--time-sampling", default=None, choices=["uniform", "logit_normal"],
                    help="flow, meanflow: how t is drawn (default uniform; logit_normal as SD3)")
+    p.add_argument("--loss", default=None, choices=["mse", "pseudo_huber"],
+                   help="ddpm, flow: regression loss, mse (default) or pseudo_huber (iCT's, c = 0.00054·√d)")
     p.add_argument("--logit-mean", type=float, default=None, help="logit_normal: mean m (default 0)")
     p.add_argument("--logit-std", type=float, default=None, help="logit_normal: std s > 0 (default 1)")
     p.add_argument("--shift", type=float, default=None,
@@ -232,10 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "OUT/pairs.npz and the run OUT/run; rerunning resumes.")
     p.add_argument("--model", default="digits-flow", help="flow-matching model to straighten (default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder (pairs.npz and run/)")
+    p.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="fine-tune this flow model (same network) on the pairs instead of --model")
     p.add_argument("--pairs", type=_positive_int, default=20000, help="number of pairs (default: %(default)s)")
     p.add_argument("--pair-steps", type=_positive_int, default=20, help="ODE steps per pair (default: %(default)s)")
     p.add_argument("--pair-sampler", default="dpmpp_2m", help="ODE sampler for the pairs (default: %(default)s)")
     p.add_argument("--steps", type=_positive_int, default=4000, help="fine-tuning steps (default: %(default)s)")
+    p.add_argument("--time-sampling", default="uniform", choices=["uniform", "logit_normal", "endpoint"],
+                   help="t of each fine-tuning row: uniform (reflow, default) or endpoint (t = 1 only: one-step "
+                        "distillation of the coupling, InstaFlow)")
+    p.add_argument("--loss", default="mse", choices=["mse", "pseudo_huber"],
+                   help="regression loss: mse (default) or pseudo_huber (iCT's, c = 0.00054·√d)")
     p.add_argument("--batch-size", type=_positive_int, default=128, help="batch size (default: %(default)s)")
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default: %(default)s)")
     p.add_argument("--warmup", type=_nonneg_int, default=100, help="warm-up steps (default: %(default)s)")

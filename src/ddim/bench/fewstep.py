@@ -24,6 +24,8 @@ FLOW_SPACINGS = ("uniform", "karras", "flow_shift")
 FD_TUNED_SAMPLERS = ("ddim", "dpmpp_2m", "unipc")
 #: rows that sample a model shipped with the package whatever the flags
 SHIPPED_METHODS = ("progressive-distilled",)
+#: the shipped one-step model (digits-rectified distilled at t = 1), sampled as it samples by default
+ONE_STEP_MODEL = "digits-rectified-1step"
 
 
 def _draw(den: Any, n: int, seeds: int, **kw: Any) -> list[torch.Tensor]:
@@ -120,6 +122,12 @@ def fewstep_bench(out: Path, quick: bool, command: str, n: int | None = None, se
         for k in (1, 2, 4):
             add("progressive-distilled", k, _draw(dist.denoiser_for(k), n, seeds, steps=k, spacing="trailing"),
                 "v-prediction student, DDIM")
+        one = load_model(ONE_STEP_MODEL)
+        for k in (1, 2, 4):
+            p = one.plan(k)
+            add("rectified, one-step distilled", k, _draw(p.denoiser, n, seeds, steps=p.steps, sampler=p.sampler,
+                                                         spacing=p.spacing, timesteps=p.timesteps),
+                f"{p.sampler}, {p.spacing or 'levels ' + str(p.timesteps.tolist())}, {p.steps} steps", ONE_STEP_MODEL)
         if consistency is not None:
             cd = load_model(consistency).denoiser
             for k in (1, 2, 4, 8):
@@ -156,7 +164,9 @@ def fewstep_bench(out: Path, quick: bool, command: str, n: int | None = None, se
              f"calibration seed set ({n_cal} samples, seeds 9·10⁶ + i) among {', '.join(SPACINGS)}. GITS: schedule "
              "searched on its own calibration batch (ODE error against the fine reference, not FD); AYS: the KL upper "
              "bound of Align Your Steps minimised by dynamic programming on 512 training digits (not FD). Distilled: "
-             "`digits-distilled`, one student per step count"
+             "`digits-distilled`, one student per step count; rectified, one-step distilled: the shipped "
+             f"`{ONE_STEP_MODEL}` (`digits-rectified` fine-tuned at t = 1 on `digits-flow`'s ODE pairs), as its "
+             "sampling.json samples it"
              + (f"; consistency-distilled: `{consistency}`" if consistency else "")
              + (f"; MeanFlow: `{meanflow}`" if meanflow else "")
              + (f"; reflowed flow: `{reflowed}` (one reflow of `digits-flow`, another model than the ε-model the "

@@ -12,7 +12,8 @@ from ..core.errors import UsageError
 from ..models.contract import Model
 from .formats import FORMATS, format_module
 
-BUILTIN_MODELS = ("digits", "digits-cond", "digits-flow", "digits-distilled", "digits-rectified", "digits-meanflow")
+BUILTIN_MODELS = ("digits", "digits-cond", "digits-flow", "digits-distilled", "digits-rectified", "digits-meanflow",
+                  "digits-rectified-1step")
 
 
 def builtin_path(name: str) -> Path:

@@ -19,7 +19,8 @@ OBJECTIVES = ("ddpm", "flow_matching", "meanflow")
 FLOW_OBJECTIVES = ("flow_matching", "meanflow")
 #: earlier names kept working
 OBJECTIVE_ALIASES = {"flow": "flow_matching"}
-TIME_SAMPLINGS = ("uniform", "logit_normal")
+TIME_SAMPLINGS = ("uniform", "logit_normal", "endpoint")
+LOSSES = ("mse", "pseudo_huber")
 
 
 @dataclass
@@ -48,7 +49,8 @@ class TrainConfig:
     n_data: int | None = None
     objective: str = "ddpm"  # ddpm: L_simple on the β schedule; flow_matching on x_t = (1 − t) x0 + t ε;
     # meanflow: the average velocity u(z, r, t) on the same path (Geng et al. 2025), sampled in 1–8 steps
-    time_sampling: str = "uniform"  # flow: t ~ U(0, 1), or logit_normal (SD3: t = sigmoid(m + s·n))
+    time_sampling: str = "uniform"  # flow: t ~ U(0, 1), logit_normal (SD3: t = sigmoid(m + s·n)), or endpoint:
+    # t = 1 only, one-step distillation of a reflow coupling (InstaFlow, Liu et al. 2024): needs pairs
     logit_mean: float = 0.0
     logit_std: float = 1.0
     shift: float = 1.0  # flow: the σ-list shift stored in the scheduler config (sampling-time default)
@@ -58,6 +60,7 @@ class TrainConfig:
     label_dropout: float = 0.1  # fraction of labels replaced by the null class (classifier-free guidance)
     interval_fraction: float = 0.25  # meanflow: share of rows with r < t (the rest r = t: flow matching)
     adaptive_power: float = 1.0  # meanflow: p of the adaptive loss weight 1/(‖Δ‖² + c)^p (0: plain MSE)
+    loss: str = "mse"  # ddpm, flow_matching: mse, or pseudo_huber √(‖Δ‖² + c²) − c per sample, c = 0.00054·√d (iCT)
 
     def validate(self, where: str = "training config") -> None:
         """Types first (one message naming the key), then ranges."""
@@ -102,12 +105,19 @@ class TrainConfig:
         if self.objective == "meanflow" and (self.conditional or self.model == "mlp"):
             raise UsageError(f"{where}: meanflow trains an unconditional UNet (its second time input takes the "
                              "interval t − r); drop --conditional / --model mlp")
+        if self.loss not in LOSSES:
+            raise UsageError(f"{where}: unknown loss {self.loss!r}; choose one of {LOSSES}")
+        if self.loss != "mse" and self.objective == "meanflow":
+            raise UsageError(f"{where}: meanflow weights its loss adaptively (adaptive_power); loss must be 'mse'")
         if self.time_sampling not in TIME_SAMPLINGS:
             raise UsageError(f"{where}: unknown time_sampling {self.time_sampling!r}; choose one of {TIME_SAMPLINGS}")
         if self.time_sampling != "uniform" and not flow:
             raise UsageError(f"{where}: time_sampling {self.time_sampling!r} is for the flow objectives")
         if self.pairs is not None and not flow:
             raise UsageError(f"{where}: pairs (reflow couplings) train the flow objectives")
+        if self.time_sampling == "endpoint" and (self.pairs is None or self.objective != "flow_matching"):
+            raise UsageError(f"{where}: time_sampling 'endpoint' (t = 1 only) distils a coupling: it needs pairs "
+                             "and objective flow_matching (ddim reflow --time-sampling endpoint)")
         if not self.logit_std > 0 or not self.shift > 0:
             raise UsageError(f"{where}: logit_std and shift must be > 0")
         if self.schedule not in SCHEDULES:
@@ -180,5 +190,5 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "depth": (int,), "n_data": (int, type(None)), "conditional": (bool,), "label_dropout": (float,),
     "pairs": (str, type(None)), "init_from": (str, type(None)),
     "objective": (str,), "time_sampling": (str,), "logit_mean": (float,), "logit_std": (float,), "shift": (float,),
-    "interval_fraction": (float,), "adaptive_power": (float,),
+    "interval_fraction": (float,), "adaptive_power": (float,), "loss": (str,),
 }

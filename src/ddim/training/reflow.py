@@ -41,9 +41,10 @@ def make_pairs(den: Any, n: int, *, steps: int = 20, sampler: str = "dpmpp_2m", 
 
 def reflow(model: str | Path, out: str | Path, *, n_pairs: int = 20000, pair_steps: int = 20,
            pair_sampler: str = "dpmpp_2m", train_config: TrainConfig | None = None, progress: bool = True,
-           log: Any = print) -> Path:
+           init_from: str | Path | None = None, log: Any = print) -> Path:
     """Write OUT/pairs.npz (kept when present: an interrupted reflow resumes), then fine-tune a copy of the flow
-    model on them in OUT/run (resumable like any run). Returns the run folder."""
+    model (or of `init_from`, a flow model with the same network) on them in OUT/run (resumable like any run).
+    Returns the run folder."""
     from ..io.loader import load_model
 
     out = Path(out)
@@ -51,6 +52,8 @@ def reflow(model: str | Path, out: str | Path, *, n_pairs: int = 20000, pair_ste
     if den.prediction_type != "flow_prediction":
         raise UsageError(f"reflow needs a flow-matching model (prediction_type flow), {model} predicts "
                          f"{den.prediction_type}")
+    if init_from is not None and (p := load_model(init_from).denoiser.prediction_type) != "flow_prediction":
+        raise UsageError(f"init_from {init_from} predicts {p}; reflow fine-tunes a flow-matching model")
     pairs = out / "pairs.npz"
     if not pairs.is_file():
         z, x0 = make_pairs(den, n_pairs, steps=pair_steps, sampler=pair_sampler, progress=progress)
@@ -62,6 +65,6 @@ def reflow(model: str | Path, out: str | Path, *, n_pairs: int = 20000, pair_ste
         atomic_write_bytes(pairs, buf.getvalue())
         log(f"wrote {n_pairs} (noise, sample) pairs from {pair_sampler} {pair_steps} steps to {pairs}")
     cfg = dataclasses.replace(train_config or TrainConfig(), data="pairs", objective="flow_matching",
-                              prediction_type="flow_prediction", pairs=str(pairs), init_from=str(model))
+                              prediction_type="flow_prediction", pairs=str(pairs), init_from=str(init_from or model))
     run = out / "run"
     return train(None, run, resume=True) if (run / "latest").exists() else train(cfg, run, progress=progress)

@@ -31,6 +31,8 @@ from .config import FLOW_OBJECTIVES, TrainConfig, build_schedule
 
 #: MeanFlow's adaptive weight 1/(‖Δ‖² + c)^p (Geng et al. 2025, §4.3)
 ADAPTIVE_C = 1e-3
+#: improved consistency training's pseudo-Huber constant per √dimension (Song & Dhariwal 2023)
+HUBER_C = 0.00054
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -61,7 +63,8 @@ def noised_batch(cfg: TrainConfig, x0: torch.Tensor, gen: torch.Generator, abar:
     """(x_t, the network's time input, the regression target) for one batch, every draw from `gen`.
 
     ddpm: t uniform on the grid, x_t = sqrt(ᾱ) x0 + sqrt(1 − ᾱ) ε (DDPM eq. 4), target ε / x0 / v.
-    flow: t ∈ (0, 1) uniform or logit-normal (SD3, Esser et al. 2024 §3.1), x_t = (1 − t) x0 + t ε,
+    flow: t ∈ (0, 1) uniform or logit-normal (SD3, Esser et al. 2024 §3.1), or t = 1 (endpoint: the one-step
+    map z ↦ x0 = z − u of a coupling, InstaFlow's distillation with an L2 loss), x_t = (1 − t) x0 + t ε,
     target u = ε − x0 (conditional flow matching, Lipman et al. 2023 eq. 23); the net sees t·T. `coupled`:
     the noise paired with each x0 (reflow, Liu et al. 2023 eq. 6) instead of fresh noise.
     """
@@ -69,6 +72,8 @@ def noised_batch(cfg: TrainConfig, x0: torch.Tensor, gen: torch.Generator, abar:
     if cfg.objective in FLOW_OBJECTIVES:
         if cfg.time_sampling == "logit_normal":
             t = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(n, generator=gen))
+        elif cfg.time_sampling == "endpoint":
+            t = torch.ones(n)
         else:
             t = torch.rand(n, generator=gen)
         noise = torch.randn(x0.shape, generator=gen) if coupled is None else coupled
@@ -128,8 +133,13 @@ def meanflow_target(cfg: TrainConfig, net: torch.nn.Module, z: torch.Tensor, t_i
 
 
 def objective_loss(cfg: TrainConfig, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the loss to minimise, the plain MSE to log): MSE, or for meanflow with adaptive_power p > 0 the
-    adaptively weighted sg(w)·‖Δ‖², w = 1/(‖Δ‖² + c)^p per sample."""
+    """(the loss to minimise, the plain MSE to log): MSE; the pseudo-Huber √(‖Δ‖² + c²) − c per sample with
+    c = 0.00054·√d (Song & Dhariwal 2023, §3.3: robust to the hardest rows); or for meanflow with
+    adaptive_power p > 0 the adaptively weighted sg(w)·‖Δ‖², w = 1/(‖Δ‖² + c)^p per sample."""
+    if cfg.loss == "pseudo_huber":
+        sq = (out - target).square().flatten(1)
+        c = HUBER_C * math.sqrt(sq.shape[1])
+        return ((sq.sum(1) + c * c).sqrt() - c).mean(), sq.mean()
     if cfg.objective != "meanflow" or cfg.adaptive_power == 0.0:
         loss = F.mse_loss(out, target)
         return loss, loss
