@@ -338,7 +338,7 @@ def test_fewstep_bench_adds_a_reflowed_flow_model_with_its_calibrated_sampler(tm
     assert [r.split("|")[2].strip() for r in rows] == ["1", "2", "4"]
     assert "reflowed flow: `digits-flow`" in text
     one = [line for line in text.splitlines() if line.startswith("| rectified, one-step distilled |")]
-    assert [r.split("|")[2].strip() for r in one] == ["1", "2", "4"]
+    assert [r.split("|")[2].strip() for r in one] == ["1"]
     assert "1 NFE ≤ 1.5× DDPM-1000 with a shipped model — " in text
 
 
@@ -374,5 +374,10 @@ def test_sampling_json_keys_are_checked(tmp_path):
     for entry, what in (({"sampler": "ddim", "steps": 2, "spacng": "uniform"}, "unknown keys spacng"),
                         ({"sampler": "ddim", "steps": 2, "timesteps": [1.0]}, "timesteps must be")):
         (folder / "sampling.json").write_text(json.dumps({"nfe": {"2": entry}}))
+        with pytest.raises(CheckpointError, match=what):
+            load_model(str(folder))
+    for whole, what in (({"nfe": {}, "stepz": [1]}, "unknown keys stepz"), ({"steps": [0]}, "positive integers"),
+                        ({"steps": 1}, "positive integers")):
+        (folder / "sampling.json").write_text(json.dumps(whole))
         with pytest.raises(CheckpointError, match=what):
             load_model(str(folder))

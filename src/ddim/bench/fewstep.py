@@ -122,12 +122,10 @@ def fewstep_bench(out: Path, quick: bool, command: str, n: int | None = None, se
         for k in (1, 2, 4):
             add("progressive-distilled", k, _draw(dist.denoiser_for(k), n, seeds, steps=k, spacing="trailing"),
                 "v-prediction student, DDIM")
-        one = load_model(ONE_STEP_MODEL)
-        for k in (1, 2, 4):
-            p = one.plan(k)
-            add("rectified, one-step distilled", k, _draw(p.denoiser, n, seeds, steps=p.steps, sampler=p.sampler,
-                                                         spacing=p.spacing, timesteps=p.timesteps),
-                f"{p.sampler}, {p.spacing or 'levels ' + str(p.timesteps.tolist())}, {p.steps} steps", ONE_STEP_MODEL)
+        p = load_model(ONE_STEP_MODEL).plan(1)
+        add("rectified, one-step distilled", 1, _draw(p.denoiser, n, seeds, steps=1, sampler=p.sampler,
+                                                     spacing=p.spacing), f"{p.sampler}, one step from t = 1",
+            ONE_STEP_MODEL)
         if consistency is not None:
             cd = load_model(consistency).denoiser
             for k in (1, 2, 4, 8):

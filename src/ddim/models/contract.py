@@ -63,6 +63,8 @@ class SamplingDefaults:
     students_only: bool = True
     #: guidance-distilled models (Flux-dev): the default of the guidance scale they take as a network input
     distilled_guidance: float | None = None
+    #: a model trained for these step counts only (sampling.json "steps"; a one-step distillation): others refused
+    step_counts: tuple[int, ...] | None = None
 
     def best_for(self, nfe: int) -> dict[str, Any]:
         """The winner at the largest measured NFE within the budget, with as many steps as the budget allows."""
@@ -180,6 +182,9 @@ class Model:
         within a budget of `steps` network evaluations (ddim with `steps` steps when it has no table). An
         explicit `timesteps` list fixes the steps."""
         d = self.defaults
+        if d.step_counts is not None and (n := steps if timesteps is None else len(timesteps)) not in d.step_counts:
+            have = ", ".join(str(k) for k in d.step_counts)
+            raise UsageError(f"{self.name} was trained for {have} step(s) only, not {n}: use --steps {have}")
         if timesteps is not None:
             ts = self.denoiser.path.validate_timesteps(timesteps)
             den = self.denoiser_for(len(ts)) if d.students_only else self.denoiser

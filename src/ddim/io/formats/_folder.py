@@ -37,7 +37,16 @@ def sampling_defaults(path: Path | None, **kw: Any) -> SamplingDefaults:
     table: dict[int, dict[str, Any]] = {}
     f = path / "sampling.json"
     if f.is_file():
-        raw = read_json(f).get("nfe", {})
+        whole = read_json(f)
+        if unknown := sorted(set(whole) - {"nfe", "steps"}):
+            raise CheckpointError(f"{f}: unknown keys {', '.join(unknown)} (known: nfe, steps)")
+        counts = whole.get("steps")
+        if counts is not None:
+            if not (isinstance(counts, list) and counts and all(type(c) is int and c > 0 for c in counts)):
+                raise CheckpointError(f"{f}: steps must be a list of positive integers (the step counts it "
+                                      "was trained for)")
+            kw = {**kw, "step_counts": tuple(counts)}
+        raw = whole.get("nfe", {})
         try:
             table = {int(k): dict(v) for k, v in raw.items() if isinstance(v, dict) and isinstance(v.get("sampler"),
                                                                                               str)}
