@@ -53,7 +53,7 @@ def cmd_reflow(args: argparse.Namespace) -> int:
                                 "checkpoint_every": args.checkpoint_every,
                                 "time_sampling": args.time_sampling, "loss": args.loss}.items() if v is not None}
     cfg = TrainConfig.from_dict({**given, "objective": "flow_matching", "prediction_type": "flow_prediction",
-                                 "pairs": "OUT/pairs.npz"}, "flags")
+                                 "pairs": str(Path(args.out) / "pairs.npz")}, "flags")
     t0 = time.perf_counter()
     run = reflow(args.model, args.out, n_pairs=args.pairs, pair_steps=args.pair_steps, pair_sampler=args.pair_sampler,
                  train_config=cfg, init_from=args.init_from)
